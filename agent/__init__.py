@@ -1,0 +1,3 @@
+"""Edge face recognition agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,337 @@
+"""One HTTP server for the native API, the cloud-compatible endpoints and /openapi.json.
+
+Stdlib only (http.server). Limits, in the order a request meets them:
+- at most `max_handlers` connections are served at once; one more is answered 503 and closed at once;
+- every socket read/write has `socket_timeout_s`, so a slow or silent client cannot hold a handler;
+- the body size comes from Content-Length and is refused (413, the family's format) before it is read;
+  chunked bodies are refused (411) because their size is unknown up front;
+- engine work goes through `EngineGate` (bounded concurrency + bounded queue + wait timeout).
+Every failure is turned into the calling family's documented error shape; nothing escapes as a 5xx
+except genuine internal errors (500, logged with the request id).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from agent.api.auth import Authenticator
+from agent.api.common import ApiError, EngineGate, Request, Response, TokenCache, classify, json_response
+from agent.api.config import ApiConfig, load_secrets
+from agent.api.service import ApiContext, QualityGate
+from agent.errors import ConfigError
+from agent.gallery import Gallery, Matcher, ScoreMap
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request, dict[str, str]], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    family: str
+
+
+def route(method: str, template: str, handler: Handler, family: str) -> Route:
+    """`/api/v1/groups/{group_id}` -> a regex with one named group per `{name}` (one path segment)."""
+    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+    return Route(method, re.compile(f"^{regex}$"), handler, family)
+
+
+class Family(Protocol):
+    name: str
+    prefix: str
+
+    def routes(self) -> list[Route]: ...
+
+    def error(self, exc: Exception, req: Request) -> Response: ...
+
+
+class Router:
+    def __init__(self, families: list[Family], fallback: Family) -> None:
+        self.families = families
+        self.fallback = fallback
+        self.routes = [r for f in families for r in f.routes()]
+
+    def family_for(self, path: str) -> Family:
+        for fam in self.families:
+            if fam.prefix and path.startswith(fam.prefix):
+                return fam
+        return self.fallback
+
+    def dispatch(self, req: Request) -> Response:
+        allowed = False
+        for r in self.routes:
+            m = r.pattern.match(req.path)
+            if m is None:
+                continue
+            if r.method != req.method:
+                allowed = True
+                continue
+            try:
+                params = {k: unquote(v, errors="strict") for k, v in m.groupdict().items()}
+            except UnicodeDecodeError as exc:
+                raise ApiError("bad_argument", "path is not valid percent-encoded UTF-8") from exc
+            return r.handler(req, params)
+        if allowed:
+            raise ApiError("method_not_allowed", f"{req.method} is not allowed on {req.path}")
+        raise ApiError("not_found", f"no API at {req.path}")
+
+
+def build_context(
+    config: ApiConfig,
+    engine: Any,
+    gallery: Gallery,
+    scores: ScoreMap | None = None,
+    secrets: dict[str, str] | None = None,
+    quality: QualityGate | None = None,
+) -> ApiContext:
+    """Wire the shared parts. Thresholds: explicit `scores`, else the config override, else the engine's
+    model manifest; a model without calibrated thresholds fails here, at start-up."""
+    if scores is None:
+        thresholds = config.score_thresholds or getattr(engine, "thresholds", {})
+        try:
+            scores = ScoreMap(thresholds)
+        except ConfigError as exc:
+            raise ConfigError(f"API needs FAR thresholds for {engine.model_id}: {exc}") from exc
+    secrets = load_secrets(config) if secrets is None else secrets
+    return ApiContext(
+        config=config,
+        engine=engine,
+        gallery=gallery,
+        matcher=Matcher(gallery, engine.model_id, scores, gallery.config),
+        scores=scores,
+        gate=EngineGate(config.engine_concurrency, config.engine_queue, config.engine_wait_s),
+        auth=Authenticator(config, secrets),
+        tokens=TokenCache(config.face_token_cache, config.face_token_ttl_s),
+        quality=quality or QualityGate(),
+    )
+
+
+def build_router(ctx: ApiContext) -> Router:
+    from agent.api.compat_faceplusplus import FacePlusPlusApi
+    from agent.api.compat_jd import JdApi
+    from agent.api.compat_jumdata import JumdataApi
+    from agent.api.native import NativeApi
+
+    native = NativeApi(ctx)
+    return Router([JdApi(ctx), FacePlusPlusApi(ctx), JumdataApi(ctx), native], native)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], handler: type, max_handlers: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_handlers)
+        self.refused = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def _refuse(sock: socket.socket) -> None:
+    body = b'{"error":{"code":"busy","message":"too many connections"}}'
+    head = (
+        f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(head + body)
+    except OSError:
+        pass
+
+
+def _make_handler(router: Router, config: ApiConfig) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = config.socket_timeout_s
+        server_version = "face-agent"
+        sys_version = ""
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("%s " + fmt, self.client_address[0], *args)
+
+        def do_GET(self) -> None:
+            self._handle()
+
+        def do_POST(self) -> None:
+            self._handle()
+
+        def do_PUT(self) -> None:
+            self._handle()
+
+        def do_DELETE(self) -> None:
+            self._handle()
+
+        # Other methods get the family's "not allowed" answer instead of http.server's bare 501.
+        def do_PATCH(self) -> None:
+            self._handle()
+
+        def do_OPTIONS(self) -> None:
+            self._handle()
+
+        def do_HEAD(self) -> None:
+            self._handle()
+
+        def _handle(self) -> None:
+            split = urlsplit(self.path)
+            family = router.family_for(split.path)
+            req = Request(
+                self.command,
+                split.path,
+                {},
+                {k.lower(): v for k, v in self.headers.items()},
+                b"",
+                str(self.client_address[0]),
+            )
+            req.headers[":target"] = self.path
+            try:
+                req.body = self._read_body()
+            except OSError:  # client stalled past socket_timeout_s or went away mid-body: nobody to answer
+                self.close_connection = True
+                return
+            except ApiError as exc:
+                self._send(_failure(family, exc, req), req)
+                return
+            try:
+                req.query = _parse_query(split.query)
+                resp = router.dispatch(req)
+            except Exception as exc:  # every failure gets the family's documented shape
+                resp = _failure(family, exc, req)
+            self._send(resp, req)
+
+        def _read_body(self) -> bytes:
+            if "transfer-encoding" in {k.lower() for k in self.headers}:
+                self.close_connection = True
+                raise ApiError("length_required", "chunked bodies are not accepted; send Content-Length")
+            raw = self.headers.get("Content-Length")
+            if raw is None:
+                if self.command in ("POST", "PUT"):
+                    self.close_connection = True
+                    raise ApiError("length_required", "Content-Length is required")
+                return b""
+            try:
+                length = int(raw)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.close_connection = True
+                raise ApiError("bad_body", "Content-Length is not a non-negative integer")
+            if length > config.max_body_bytes:
+                self.close_connection = True  # the unread body must not be taken for the next request
+                raise ApiError("body_too_large", f"body of {length} bytes exceeds {config.max_body_bytes}")
+            body = self.rfile.read(length)
+            if len(body) != length:
+                self.close_connection = True
+                raise ApiError("bad_body", "body shorter than Content-Length")
+            return body
+
+        def _send(self, resp: Response, req: Request) -> None:
+            try:
+                self.send_response(resp.status)
+                self.send_header("Content-Type", resp.content_type)
+                self.send_header("Content-Length", str(len(resp.body)))
+                self.send_header("X-Request-Id", req.request_id)
+                for k, v in resp.headers.items():
+                    self.send_header(k, v)
+                if self.close_connection:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(resp.body)
+            except OSError:
+                self.close_connection = True
+
+    return Handler
+
+
+def _parse_query(query: str) -> dict[str, list[str]]:
+    try:
+        return parse_qs(query, keep_blank_values=True, max_num_fields=100, errors="strict")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError("bad_argument", f"query string is invalid: {exc}") from exc
+
+
+def _failure(family: Family, exc: Exception, req: Request) -> Response:
+    if classify(exc)[0] == "internal":  # a bug or a broken model/device: loud, with the request id
+        log.error("internal error in %s %s (request %s)", req.method, req.path, req.request_id, exc_info=exc)
+    try:
+        return family.error(exc, req)
+    except Exception:  # a bug in an error mapper must still not kill the connection silently
+        log.exception("error mapping failed for request %s", req.request_id)
+        return json_response(500, {"error": {"code": "internal", "message": "internal error"}})
+
+
+class ApiServer:
+    """The HTTP API on one port. `start()` binds and serves in a thread; `stop()` shuts it down."""
+
+    def __init__(self, config: ApiConfig, ctx: ApiContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.router = build_router(ctx)
+        self._httpd = _Server(
+            (config.host, config.port), _make_handler(self.router, config), config.max_handlers
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def refused_connections(self) -> int:
+        return self._httpd.refused
+
+    def start(self) -> ApiServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="api-server", daemon=True
+        )
+        self._thread.start()
+        log.info("API listening on %s", self.url)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> ApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,268 @@
+"""Wiring of `face-agent run`: build the parts from an AgentConfig, start and stop them in order.
+
+Start: logging, metrics/health endpoint, watchdog -> engine (warm-up) -> gallery (indexes loaded) -> event
+sink -> recognition threads -> capture threads -> READY=1. Stop (SIGTERM/SIGINT, or every finite source
+finished): STOPPING=1 -> capture -> recognition (queued events are still published) -> sink -> gallery ->
+endpoint. SIGHUP re-reads the config file and restarts cameras and recognition with it; the engine, gallery
+and sink keep running (a change to those sections is logged as needing a restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from agent import __version__
+from agent.capture import CaptureWorker, open_source
+from agent.config import AgentConfig, load_agent_config
+from agent.errors import AgentError, ConfigError
+from agent.gallery import Gallery, Matcher, ScoreMap
+from agent.health import HealthServer, Readiness
+from agent.log import setup_logging
+from agent.metrics import AgentMetrics, Registry
+from agent.pipeline import RecognitionPipeline
+from agent.publish import EventSink, build_sink
+from agent.systemd import (
+    Heartbeat,
+    HeartbeatRegistry,
+    Notifier,
+    StatusReporter,
+    WatchdogPinger,
+    watchdog_interval,
+)
+
+log = logging.getLogger("agent.app")
+
+
+class AgentApp:
+    """Owns every long-lived part of the camera agent. One instance per process."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        environ: Mapping[str, str],
+        *,
+        config_path: Path | None = None,
+        source: str | None = None,
+    ):
+        self.cfg = cfg
+        self.environ = environ
+        self.config_path = config_path
+        self.source = source  # the --source override, kept across reloads
+        self.notifier = Notifier.from_env(environ)
+        self.heartbeats = HeartbeatRegistry()
+        self.registry = Registry()
+        self.metrics = AgentMetrics(self.registry, __version__)
+        self.readiness = Readiness()
+        self.health: HealthServer | None = None
+        self.watchdog: WatchdogPinger | None = None
+        self.status: StatusReporter | None = None
+        self.engine = None
+        self.gallery: Gallery | None = None
+        self.matcher: Matcher | None = None
+        self.sink: EventSink | None = None
+        self.cameras: list[CaptureWorker] = []
+        self.pipeline: RecognitionPipeline | None = None
+        self._beats: list[Heartbeat] = []
+        self._wake = threading.Event()
+
+    # -- start ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.cfg
+        if cfg.metrics.enabled:
+            self.health = HealthServer(
+                cfg.metrics, registry=self.registry, heartbeats=self.heartbeats, readiness=self.readiness
+            )
+            self.health.start()
+        interval = watchdog_interval(self.environ)
+        if interval is not None:
+            self.watchdog = WatchdogPinger(self.notifier, self.heartbeats, interval)
+            self.watchdog.start()
+        self.notifier.status("loading models")
+        from agent.inference.engine import FaceEngine  # heavy import, after the endpoint answers
+
+        self.engine = FaceEngine(cfg.engine)
+        self.readiness.set("models_warmed", True, self.engine.model_id)
+        self.notifier.status("loading gallery")
+        self.gallery, self.matcher = self._open_gallery()
+        self.readiness.set("gallery_loaded", True, cfg.recognition.group_id)
+        self.sink = build_sink(
+            cfg.publish, [c.id for c in cfg.cameras], stats_provider=self._stats, sw_version=__version__
+        )
+        self.sink.start()
+        self._start_cameras(cfg)
+        self.status = StatusReporter(self.notifier, self.status_text)
+        self.status.start()
+        self.notifier.ready(self.status_text())
+        log.info(
+            "face-agent %s running: %d camera(s), group %r",
+            __version__,
+            len(cfg.cameras),
+            cfg.recognition.group_id,
+        )
+
+    def _open_gallery(self) -> tuple[Gallery, Matcher]:
+        cfg, engine = self.cfg, self.engine
+        thresholds = cfg.recognition.cosine_thresholds or engine.thresholds
+        if not thresholds:
+            raise ConfigError(
+                f"model {engine.model_id} has no calibrated thresholds in the model manifest; run "
+                "scripts/build_models.py calibrate, or set recognition.cosine_thresholds"
+            )
+        scores = ScoreMap(thresholds)
+        gallery = Gallery(cfg.gallery)
+        if not gallery.wait_ready(cfg.gallery.ready_timeout_s):
+            gallery.close()
+            raise ConfigError(
+                f"gallery at {cfg.gallery.path} did not load within {cfg.gallery.ready_timeout_s} s"
+            )
+        group = cfg.recognition.group_id
+        if cfg.recognition.create_group and group not in {g.group_id for g in gallery.list_groups()}:
+            gallery.create_group(group_id=group)
+            log.info("created gallery group %r", group)
+        return gallery, Matcher(gallery, engine.model_id, scores, cfg.gallery)
+
+    def _beat(self, name: str, max_age_s: float) -> Callable[[], None]:
+        beat = self.heartbeats.register(name, max_age_s)
+        self._beats.append(beat)
+        return beat.beat
+
+    def _start_cameras(self, cfg: AgentConfig) -> None:
+        rcfg = cfg.recognition
+        self.cameras = []
+        for cam in cfg.cameras:
+            dropped = self.metrics.frames_dropped
+            frames = self.metrics.frames
+            worker = CaptureWorker(
+                cam,
+                open_source(cam),
+                wake=self._wake,
+                beat=self._beat(f"camera-{cam.id}", rcfg.heartbeat_max_age_s),
+                on_drop=lambda camera, reason, d=dropped: d.labels(camera, reason).inc(),
+                on_frame=lambda camera, f=frames: f.labels(camera).inc(),
+            )
+            self.cameras.append(worker)
+            self.metrics.track_queue(f"frames-{cam.id}", lambda w=worker: w.slot.depth)
+        self.pipeline = RecognitionPipeline(
+            self.engine,
+            self.matcher,
+            rcfg,
+            self.cameras,
+            self.sink,
+            wake=self._wake,
+            snapshots=cfg.publish.snapshots and cfg.publish.mqtt is not None,
+            metrics=self.metrics,
+            heartbeat=self._beat,
+        )
+        self.metrics.track_queue("events", lambda p=self.pipeline: p.dispatcher.depth)
+        self.pipeline.start()
+        for worker in self.cameras:
+            worker.start()
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """Every source was finite and is done, and its events are published."""
+        return self.pipeline is not None and self.pipeline.done.is_set()
+
+    def status_text(self) -> str:
+        if self.pipeline is None:
+            return "starting"
+        stats = self.pipeline.stats()
+        cams = ", ".join(f"{k} {v['state']} {v['fps']} fps" for k, v in stats["cameras"].items())
+        ev = stats["events"]
+        return f"{cams}; events {ev['published']} (dropped {ev['dropped']})"
+
+    def _stats(self) -> dict[str, object]:
+        return {} if self.pipeline is None else self.pipeline.stats()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; restart cameras and recognition with it. A bad file changes nothing."""
+        if self.config_path is None:
+            log.warning("SIGHUP ignored: no --config file to re-read")
+            return
+        try:
+            new = load_agent_config(self.config_path, self.environ, source=self.source)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc.message)
+            return
+        self.notifier.reloading()
+        for section in ("engine", "gallery", "publish", "metrics", "state_dir"):
+            if getattr(new, section) != getattr(self.cfg, section):
+                log.warning("config section %r changed: it takes effect at the next restart", section)
+        if new.log != self.cfg.log:
+            setup_logging(new.log, self.environ)
+        self._stop_cameras(self.cfg.stop_timeout_s)
+        self.cfg = self.cfg.model_copy(
+            update={"cameras": new.cameras, "recognition": new.recognition, "log": new.log}
+        )
+        self._start_cameras(self.cfg)
+        self.notifier.ready(self.status_text())
+        log.info("reloaded: %d camera(s)", len(self.cfg.cameras))
+
+    # -- stop ----------------------------------------------------------------------------------------------
+
+    def _stop_cameras(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for worker in self.cameras:
+            if not worker.stop(max(0.1, deadline - time.monotonic())):
+                log.warning("camera %s did not stop in time (blocked in its driver)", worker.cfg.id)
+        if self.pipeline is not None and not self.pipeline.stop(max(0.5, deadline - time.monotonic())):
+            log.warning("recognition did not stop within %.1f s; queued events stay unpublished", timeout)
+        for beat in self._beats:
+            beat.close()
+        self._beats = []
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        timeout = self.cfg.stop_timeout_s
+        if self.status is not None:
+            self.status.stop()
+        self._stop_cameras(timeout)
+        for name, part in (("sink", self.sink), ("gallery", self.gallery)):
+            if part is not None:
+                try:
+                    part.close(timeout)
+                except AgentError as exc:
+                    log.error("closing the %s failed: %s", name, exc)
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.health is not None:
+            self.health.stop()
+        log.info("stopped")
+
+
+def run_agent(
+    cfg: AgentConfig,
+    environ: Mapping[str, str],
+    *,
+    config_path: Path | None = None,
+    source: str | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT or until every (finite) source is done. Returns the exit code."""
+    setup_logging(cfg.log, environ)
+    stop, reload = threading.Event(), threading.Event()
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: stop.set()),
+        signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: stop.set()),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: reload.set()),
+    }
+    app = AgentApp(cfg, environ, config_path=config_path, source=source)
+    try:
+        app.start()
+        while not stop.is_set() and not app.finished:
+            if reload.is_set():
+                reload.clear()
+                app.reload()
+            stop.wait(0.2)
+        return 0
+    finally:
+        app.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

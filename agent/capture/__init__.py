@@ -1,0 +1,17 @@
+"""Capture: frame sources behind one protocol and one capture thread per camera with a latest-frame slot."""
+
+from agent.capture.sources import FrameSource, ImageFolderSource, OpenCVSource, RawFrame, open_source
+from agent.capture.worker import Backoff, CaptureWorker, Frame, LatestFrameSlot, preprocess
+
+__all__ = [
+    "Backoff",
+    "CaptureWorker",
+    "Frame",
+    "FrameSource",
+    "ImageFolderSource",
+    "LatestFrameSlot",
+    "OpenCVSource",
+    "RawFrame",
+    "open_source",
+    "preprocess",
+]

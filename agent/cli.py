@@ -1,0 +1,126 @@
+"""Command line: `face-agent <command>`. Each command builds only the parts it needs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from agent.errors import AgentError
+
+DEFAULT_DATA = Path(os.environ.get("FACE_AGENT_DATA", Path.cwd().parent / "shared" / "data"))
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=["openvino", "onnxruntime"], default="openvino")
+    p.add_argument("--model", default="facenet-casia", help="embedding model (models/manifest.json)")
+    p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    p.add_argument("--detector", choices=["blazeface-full", "blazeface-short"], default="blazeface-full")
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from agent.evaluation.calibrate import make_engine
+
+    engine = make_engine(None, args.model, args.precision, args.runtime, args.detector)
+    for path in args.images:
+        faces = engine.analyze(Path(path).read_bytes(), args.max_faces)
+        print(json.dumps({
+            "image": str(path),
+            "model": engine.model_id,
+            "faces": [{"box": f.face.box.as_xywh(), "score": round(f.face.score, 4),
+                       "keypoints": f.face.keypoints.round(1).tolist()} for f in faces],
+        }))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from agent.evaluation.report import run_eval
+
+    return run_eval(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent.evaluation.report import run_bench
+
+    return run_bench(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`face-agent run`: the camera agent. Exit 78 (EX_CONFIG) on a bad config: systemd must not restart."""
+    from agent.config import load_agent_config
+    from agent.errors import ConfigError
+
+    try:
+        cfg = load_agent_config(args.config, os.environ, source=args.source)
+        if args.validate_config:
+            print(f"configuration OK: {len(cfg.cameras)} camera(s), group {cfg.recognition.group_id!r}")
+            return 0
+        from agent.app import run_agent
+
+        for handler in list(logging.getLogger().handlers):  # run_agent installs its own (journal-aware)
+            logging.getLogger().removeHandler(handler)
+        return run_agent(cfg, os.environ, config_path=args.config, source=args.source)
+    except ConfigError as exc:
+        print(f"face-agent: configuration error: {exc.message}", file=sys.stderr)
+        return 78
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="face-agent", description="Edge face recognition agent")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the camera agent (capture, recognition, events)")
+    r.add_argument("--config", type=Path, default=None, help="YAML config (default: built-in defaults)")
+    r.add_argument("--validate-config", action="store_true", help="check the config and exit (0 ok, 78 bad)")
+    r.add_argument("--source", default=None, help="one camera from a device index, path or URL (overrides)")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("detect", help="detect and embed faces in image files, print JSON lines")
+    _add_engine_args(d)
+    d.add_argument("--max-faces", type=int, default=None)
+    d.add_argument("images", nargs="+")
+    d.set_defaults(func=cmd_detect)
+
+    e = sub.add_parser("eval", help="pair accuracy, TAR at FAR and ROC on LFW-format data")
+    e.add_argument("--data", type=Path, default=DEFAULT_DATA / "lfw-devtrain", help="LFW-format folder")
+    e.add_argument("--models", nargs="+", default=None, help="embedding models (default: all in manifest)")
+    e.add_argument("--precisions", nargs="+", default=["int8", "fp32"])
+    e.add_argument("--runtimes", nargs="+", default=["openvino", "onnxruntime"])
+    e.add_argument("--detector", default="blazeface-full")
+    e.add_argument("--out", type=Path, default=Path("eval-results"), help="folder for JSON and ROC PNG")
+    e.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "face-agent" / "eval",
+                   help="embedding cache, keyed by model file, runtime, detector and alignment")
+    e.add_argument("--baseline-dlib", action="store_true", help="also score the dlib face_recognition pipeline")
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="latency of detection and embedding per runtime and precision")
+    b.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder (photos to time)")
+    b.add_argument("--models", nargs="+", default=None)
+    b.add_argument("--precisions", nargs="+", default=["int8", "fp32"])
+    b.add_argument("--runtimes", nargs="+", default=["openvino", "onnxruntime"])
+    b.add_argument("--detectors", nargs="+", default=["blazeface-full"])
+    b.add_argument("--repeats", type=int, default=200)
+    b.add_argument("--threads", type=int, default=0, help="inference threads (0: runtime default)")
+    b.add_argument("--no-dlib", action="store_true", help="skip the dlib baseline")
+    b.add_argument("--out", type=Path, default=None, help="write results as JSON here")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except AgentError as exc:
+        print(f"face-agent: error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""Strict configuration. Every model forbids unknown keys, bounds its numbers and describes each field.
+
+Each part receives only its own slice (e.g. the engine gets `EngineConfig`), never the whole tree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpenVINORuntimeConfig(Strict):
+    kind: Literal["openvino"] = "openvino"
+    device: str = Field(
+        "CPU",
+        pattern=r"^(CPU|GPU(\.\d+)?|NPU|AUTO|AUTO:[A-Z0-9.,]+|MULTI:[A-Z0-9.,]+|HETERO:[A-Z0-9.,]+)$",
+        description="OpenVINO device: CPU, GPU, GPU.1, NPU, AUTO or AUTO:GPU,CPU",
+    )
+    precision: Literal["f32", "f16", "bf16"] = Field(
+        "f32",
+        description="INFERENCE_PRECISION_HINT for float layers, always set explicitly (the CPU plugin "
+        "defaults to bf16 on CPUs with avx512_bf16); INT8 models keep their quantized layers",
+    )
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = Field(
+        "LATENCY", description="OpenVINO PERFORMANCE_HINT"
+    )
+    num_threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 lets OpenVINO choose")
+    cache_dir: Path | None = Field(
+        None, description="compiled-model cache directory (speeds up GPU/NPU start)"
+    )
+
+
+class OnnxRuntimeConfig(Strict):
+    kind: Literal["onnxruntime"] = "onnxruntime"
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="execution providers in priority order, e.g. [TensorrtExecutionProvider, "
+        "CUDAExecutionProvider, CPUExecutionProvider]; each must be available or start-up fails",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, le=256, description="threads per operator; 0 lets onnxruntime choose"
+    )
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime graph optimisation level"
+    )
+
+
+RuntimeConfig = Annotated[OpenVINORuntimeConfig | OnnxRuntimeConfig, Field(discriminator="kind")]
+
+
+class DetectorConfig(Strict):
+    model: Literal["blazeface-full", "blazeface-short"] = Field(
+        "blazeface-full", description="full-range (192 px input, faces up to ~5 m) or short-range (128, ~2 m)"
+    )
+    score_threshold: float = Field(0.5, ge=0.05, le=0.99, description="minimum detection confidence")
+    nms_iou: float = Field(0.3, ge=0.05, le=0.95, description="IoU above which overlapping detections merge")
+    min_face_px: int = Field(20, ge=8, le=4096, description="faces with a smaller box side are ignored")
+
+
+class EmbedderConfig(Strict):
+    model: str = Field("facenet-casia", description="embedding model name from models/manifest.json")
+    precision: Literal["int8", "fp32"] = Field("int8", description="model variant")
+    max_batch: int = Field(8, ge=1, le=64, description="faces per inference call")
+
+
+class ImageLimits(Strict):
+    max_bytes: int = Field(20_000_000, ge=1_000, le=500_000_000, description="largest encoded image accepted")
+    max_pixels: int = Field(40_000_000, ge=10_000, le=400_000_000, description="largest decoded image (w*h)")
+    min_side: int = Field(16, ge=1, le=4096, description="smallest width or height accepted")
+
+
+class EngineConfig(Strict):
+    runtime: RuntimeConfig = Field(default_factory=OpenVINORuntimeConfig, description="inference backend")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    images: ImageLimits = Field(default_factory=ImageLimits)
+    models_dir: Path | None = Field(
+        None, description="folder with manifest.json; default: the bundled models/"
+    )
+    verify_checksums: bool = Field(True, description="check every model file's sha256 against the manifest")
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_model(cls: type[Strict], data: object, source: str = "config") -> Strict:
+    """Validate `data` against `cls`, turning pydantic's errors into one readable ConfigError."""
+    try:
+        return cls.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is invalid:\n{_format_errors(exc)}") from exc
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Camera agent (`face-agent run`): cameras, recognition and the top-level AgentConfig composing every slice.
+# Owned by the capture/pipeline work; the sections above belong to the engine.
+# ------------------------------------------------------------------------------------------------------------
+
+import os  # noqa: E402  (kept inside this section so the engine part above stays untouched)
+import re  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+
+from pydantic import field_validator, model_validator  # noqa: E402
+
+from agent.gallery.config import GalleryConfig  # noqa: E402
+from agent.log import LogConfig  # noqa: E402
+from agent.metrics_config import MetricsConfig  # noqa: E402
+from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig  # noqa: E402
+
+SourceKind = Literal["auto", "device", "stream", "file", "folder", "gstreamer"]
+_STREAM_RE = re.compile(r"^(rtsps?|rtmp|https?|udp|tcp)://", re.IGNORECASE)
+
+
+def source_kind(source: str) -> str:
+    """Guess the kind of a camera source string: device index/path, stream URL, GStreamer, folder or file."""
+    if source.strip().isdigit() or source.startswith("/dev/"):
+        return "device"
+    if _STREAM_RE.match(source):
+        return "stream"
+    if "!" in source:  # GStreamer pipelines are elements joined by '!'
+        return "gstreamer"
+    return "folder" if Path(source).is_dir() else "file"
+
+
+class CameraConfig(Strict):
+    """One camera (or file, folder, stream): where frames come from and how they are pre-processed."""
+
+    id: str = Field("cam0", description="camera id: MQTT topic level (letters, digits, '_' and '-')")
+    source: str = Field(
+        "0",
+        min_length=1,
+        max_length=4096,
+        description="device index ('0') or path (/dev/video0), rtsp:// or http:// URL, video file, image "
+        "folder, or a GStreamer pipeline ending in appsink (e.g. nvarguscamerasrc ! ... ! appsink)",
+    )
+    kind: SourceKind = Field("auto", description="source kind; auto guesses it from `source`")
+    realtime: bool = Field(
+        True,
+        description="files and folders: deliver frames at their native rate (true) or as fast as the "
+        "pipeline takes them, none dropped (false)",
+    )
+    loop: bool = Field(False, description="files and folders: start again at the end instead of finishing")
+    folder_fps: float = Field(2.0, gt=0, le=240, description="image folders: images per second when realtime")
+    frames_per_image: int = Field(
+        1, ge=1, le=1000, description="image folders: deliver each image this many times (a still 'visit')"
+    )
+    width: int | None = Field(None, ge=16, le=16384, description="devices: requested capture width")
+    height: int | None = Field(None, ge=16, le=16384, description="devices: requested capture height")
+    max_fps: float = Field(0.0, ge=0, le=240, description="frames per second analysed at most; 0 = no cap")
+    roi: tuple[float, float, float, float] | None = Field(
+        None, description="region of interest x, y, w, h as fractions 0..1 of the (rotated) frame"
+    )
+    rotate: Literal[0, 90, 180, 270] = Field(0, description="clockwise rotation applied before the ROI")
+    min_face_px: int = Field(40, ge=8, le=4096, description="smaller faces (box side in pixels) are ignored")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60, description="first wait before reopening a lost source")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="cap of the doubling reopen wait")
+    stall_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a live source that delivers no frame this long is reopened"
+    )
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="timeout of opening a stream or device")
+
+    @field_validator("id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        if not TOPIC_LEVEL_RE.match(value):
+            raise ValueError("camera id: 1-64 letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_inside(cls, roi: tuple[float, float, float, float] | None) -> tuple | None:
+        if roi is not None:
+            x, y, w, h = roi
+            if not (0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 and 0 < h <= 1 and x + w <= 1 and y + h <= 1):
+                raise ValueError("roi must be x, y, w, h fractions with the region inside the frame")
+        return roi
+
+    @model_validator(mode="after")
+    def _backoff(self) -> CameraConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+    @property
+    def resolved_kind(self) -> str:
+        return source_kind(self.source) if self.kind == "auto" else self.kind
+
+
+class RecognitionConfig(Strict):
+    """Matching, tracking and event rules of the camera loop."""
+
+    group_id: str = Field(
+        "default", min_length=1, max_length=1024, description="gallery group matched against"
+    )
+    create_group: bool = Field(True, description="create the group at start when it does not exist")
+    min_score: float = Field(
+        80.0, ge=0, le=100, description="calibrated score a match needs (70 = FAR 1e-3, 80 = 1e-4, 90 = 1e-5)"
+    )
+    cosine_thresholds: dict[str, float] | None = Field(
+        None,
+        description="cosine similarity at FAR 1e-3, 1e-4, 1e-5 (keys '1e-3'...); default: the model "
+        "manifest's calibration. Start-up fails when neither gives them.",
+    )
+    quality_level: Literal["NONE", "LOW", "NORMAL", "HIGH"] = Field(
+        "LOW",
+        description="faces below this quality level are tracked but never decide (needs agent/gates/quality)",
+    )
+    max_faces: int = Field(10, ge=1, le=100, description="largest faces analysed per frame")
+    iou_threshold: float = Field(0.3, ge=0.05, le=0.95, description="box overlap that continues a track")
+    track_min_similarity: float = Field(
+        0.35, ge=-1, le=1, description="cosine to a track's fused embedding a face needs to continue it"
+    )
+    track_timeout_s: float = Field(1.0, gt=0, le=60, description="a track unseen this long has ended")
+    max_missed_frames: int = Field(15, ge=1, le=1000, description="a track unseen this many frames has ended")
+    unknown_after_frames: int = Field(
+        8, ge=1, le=1000, description="usable frames without a confident match before a track is 'unknown'"
+    )
+    min_track_frames: int = Field(
+        3, ge=1, le=1000, description="a track ending with fewer usable frames is noise, not reported"
+    )
+    fusion_frames: int = Field(5, ge=1, le=50, description="best-quality embeddings fused per track")
+    upgrade_unknown: bool = Field(
+        True, description="publish a recognized event when a track reported unknown later matches"
+    )
+    cooldown_s: float = Field(
+        10.0, ge=0, le=86400, description="no second event for the same person on the same camera within it"
+    )
+    workers: int = Field(1, ge=1, le=16, description="recognition threads (cameras are split between them)")
+    event_queue_size: int = Field(256, ge=1, le=100_000, description="events waiting for the sink at most")
+    snapshot_margin: float = Field(0.25, ge=0, le=2, description="margin around the face in snapshot crops")
+    heartbeat_max_age_s: float = Field(
+        30.0, gt=0, le=3600, description="a camera or recognition thread silent this long is unhealthy"
+    )
+
+    @field_validator("cosine_thresholds")
+    @classmethod
+    def _fars(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            missing = {"1e-3", "1e-4", "1e-5"} - set(value)
+            if missing:
+                raise ValueError(f"cosine_thresholds lacks {sorted(missing)}")
+        return value
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """$STATE_DIRECTORY (systemd StateDirectory=, first entry) or ./state."""
+    raw = environ.get("STATE_DIRECTORY", "")
+    return Path(raw.split(":")[0]) if raw else Path("state")
+
+
+class AgentConfig(Strict):
+    """The whole `face-agent run` configuration. Every section is optional: no file at all gives a local
+    gallery under the state directory, events on stdout and camera 0."""
+
+    state_dir: Path = Field(Path("state"), description="gallery and outbox live here by default")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="detector/embedder/runtime")
+    gallery: GalleryConfig = Field(description="local gallery; path defaults to <state_dir>/gallery")
+    publish: PublishConfig = Field(default_factory=PublishConfig, description="MQTT or stdout events")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="/metrics, /healthz, /readyz")
+    log: LogConfig = Field(default_factory=LogConfig, description="log level and format")
+    cameras: list[CameraConfig] = Field(
+        default_factory=lambda: [CameraConfig()], min_length=1, max_length=16, description="camera list"
+    )
+    recognition: RecognitionConfig = Field(default_factory=RecognitionConfig)
+    stop_timeout_s: float = Field(10.0, gt=0, le=300, description="bound of a clean shutdown")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_paths(cls, data: object) -> object:
+        # The gallery and the outbox default to the state directory: fill their paths before validation.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        state = Path(data.get("state_dir") or "state")
+        gallery = data.get("gallery") or {}
+        if isinstance(gallery, dict) and "path" not in gallery:
+            data["gallery"] = {**gallery, "path": state / "gallery"}
+        publish = data.get("publish") or {}
+        if isinstance(publish, dict):
+            outbox = publish.get("outbox") or {}
+            if isinstance(outbox, dict) and "path" not in outbox:
+                data["publish"] = {**publish, "outbox": {**outbox, "path": state / "outbox.sqlite3"}}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> AgentConfig:
+        ids = [c.id for c in self.cameras]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"camera ids must be unique, got {ids}")
+        return self
+
+
+def load_agent_config(
+    path: Path | None, environ: Mapping[str, str] | None = None, source: str | None = None
+) -> AgentConfig:
+    """Read and validate the YAML file (None: built-in defaults). `source` replaces the cameras by one
+    camera reading that path/URL/index. Any problem is one readable ConfigError."""
+    import yaml  # only the CLI path needs it
+
+    environ = os.environ if environ is None else environ
+    data: object = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    data = dict(data)  # type: ignore[arg-type]
+    data.setdefault("state_dir", str(default_state_dir(environ)))
+    if source is not None:
+        data["cameras"] = [{"id": "cam0", "source": source}]
+    return parse_model(AgentConfig, data, str(path) if path else "built-in config")  # type: ignore[return-value]

@@ -1,0 +1,42 @@
+"""Local face gallery: SQLite store of groups, persons and faces, hnswlib search, calibrated matching.
+
+Typical wiring::
+
+    gallery = Gallery(GalleryConfig(path=state_dir / "gallery"))
+    matcher = Matcher(gallery, "facenet-casia/int8", ScoreMap(manifest_thresholds), gallery.config)
+    gallery.create_group(group_id="door")
+    gallery.add_face("door", "alice", embedding, "facenet-casia/int8")
+    matcher.search("door", probe, top_k=1, min_score=80.0)
+"""
+
+from agent.gallery.config import GalleryConfig
+from agent.gallery.gallery import Gallery
+from agent.gallery.index import HnswIndex
+from agent.gallery.matcher import (
+    FAR_SCORES,
+    Candidate,
+    Matcher,
+    ScoreMap,
+    assign_faces,
+    max_weight_matching,
+    min_cost_assignment,
+)
+from agent.gallery.store import FaceRecord, GalleryStore, GroupRecord, NewFace, PersonRecord
+
+__all__ = [
+    "FAR_SCORES",
+    "Candidate",
+    "FaceRecord",
+    "Gallery",
+    "GalleryConfig",
+    "GalleryStore",
+    "GroupRecord",
+    "HnswIndex",
+    "Matcher",
+    "NewFace",
+    "PersonRecord",
+    "ScoreMap",
+    "assign_faces",
+    "max_weight_matching",
+    "min_cost_assignment",
+]

@@ -1,0 +1,250 @@
+"""The gallery: one SQLite store plus one hnswlib index per (group, model), behind one object.
+
+Every write takes the gallery-wide mutation lock, commits to SQLite (fsynced), then updates the index, so
+when a write returns its face is durable and searchable, and a deleted face is gone from both.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+
+from agent.errors import InputError, TransientError
+from agent.gallery.config import GalleryConfig
+from agent.gallery.index import HnswIndex
+from agent.gallery.store import (
+    FaceRecord,
+    GalleryStore,
+    GroupRecord,
+    NewFace,
+    PersonRecord,
+    RemovedFace,
+    check_vector,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Gallery:
+    def __init__(self, config: GalleryConfig) -> None:
+        self.config = config
+        self.store = GalleryStore(config)
+        self._mutation = threading.Lock()
+        self._slots = threading.Semaphore(config.max_parallel_builds)
+        self._indexes: dict[tuple[str, str], HnswIndex] = {}
+        self._stop = threading.Event()
+        for group_id, model_id, dim in self.store.index_keys():
+            self._make_index(group_id, model_id, dim).start()
+        self._saver: threading.Thread | None = None
+        if config.save_interval_s > 0:
+            self._saver = threading.Thread(target=self._save_loop, name="gallery-saver", daemon=True)
+            self._saver.start()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the saver, let running builds finish (bounded), save changed indexes, close SQLite."""
+        self._stop.set()
+        if self._saver is not None:
+            self._saver.join(timeout)
+        for idx in list(self._indexes.values()):
+            idx.close(timeout)
+        self.store.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once every index is loaded or built (e.g. before declaring the service ready)."""
+        return all(idx.wait_idle(timeout) and idx.ready for idx in list(self._indexes.values()))
+
+    def save(self) -> int:
+        """Save every changed index now; returns how many were written."""
+        return sum(idx.save() for idx in list(self._indexes.values()))
+
+    def _save_loop(self) -> None:
+        while not self._stop.wait(self.config.save_interval_s):
+            for idx in list(self._indexes.values()):
+                try:
+                    idx.save()
+                except (TransientError, OSError) as exc:  # retried at the next interval
+                    log.warning("saving gallery index %s/%s failed: %s", idx.group_id, idx.model_id, exc)
+
+    def index(self, group_id: str, model_id: str) -> HnswIndex | None:
+        return self._indexes.get((group_id, model_id))
+
+    def _make_index(self, group_id: str, model_id: str, dim: int) -> HnswIndex:
+        idx = HnswIndex(
+            self.store,
+            self.config,
+            group_id,
+            model_id,
+            dim,
+            mutation_lock=self._mutation,
+            build_slots=self._slots,
+        )
+        self._indexes[(group_id, model_id)] = idx
+        return idx
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        if not self._mutation.acquire(timeout=self.config.lock_timeout_s):
+            raise TransientError("gallery is busy (index save or build in progress)", code="gallery_busy")
+        try:
+            yield
+        finally:
+            self._mutation.release()
+
+    def _unindex(self, removed: Sequence[RemovedFace]) -> None:
+        by_index: dict[tuple[str, str], list[int]] = {}
+        for r in removed:
+            by_index.setdefault((r.group_id, r.model_id), []).append(r.label)
+        for key, labels in by_index.items():
+            idx = self._indexes.get(key)
+            if idx is not None:
+                self._apply(idx, lambda i=idx, lb=labels: i.remove(lb))
+
+    @staticmethod
+    def _apply(idx: HnswIndex, change) -> None:
+        """Apply a committed change to the index. SQLite already holds it, so on failure the index is rebuilt
+        from SQLite rather than the caller being told a durable write failed (a retry would duplicate it)."""
+        try:
+            change()
+        except Exception:
+            log.exception(
+                "gallery index %s/%s update failed; rebuilding from SQLite", idx.group_id, idx.model_id
+            )
+            idx.rebuild("update failed")
+
+    # -- groups and persons ------------------------------------------------------------------------------
+
+    def create_group(
+        self, group_id: str | None = None, group_name: str | None = None, info: str = ""
+    ) -> GroupRecord:
+        return self.store.create_group(group_id, group_name, info)
+
+    def get_group(self, group_id: str | None = None, group_name: str | None = None) -> GroupRecord:
+        return self.store.get_group(group_id, group_name)
+
+    def list_groups(self) -> list[GroupRecord]:
+        return self.store.list_groups()
+
+    def delete_group(self, group_id: str) -> int:
+        """Delete a group with all its persons and faces; returns the number of faces removed."""
+        with self._writing():
+            removed = self.store.delete_group(group_id)
+            for key in [k for k in self._indexes if k[0] == group_id]:
+                idx = self._indexes.pop(key)
+                idx.discard()
+        return len(removed)
+
+    def upsert_person(self, group_id: str, outer_id: str, user_info: str | None = None) -> PersonRecord:
+        return self.store.upsert_person(group_id, outer_id, user_info)
+
+    def get_person(self, group_id: str, outer_id: str) -> PersonRecord:
+        return self.store.get_person(group_id, outer_id)
+
+    def list_persons(self, group_id: str) -> list[PersonRecord]:
+        return self.store.list_persons(group_id)
+
+    def delete_person(self, group_id: str, outer_id: str) -> int:
+        """Delete a person and all their faces from SQLite and from search; returns faces removed."""
+        with self._writing():
+            removed = self.store.delete_person(group_id, outer_id)
+            self._unindex(removed)
+        return len(removed)
+
+    # -- faces -------------------------------------------------------------------------------------------
+
+    def add_face(
+        self,
+        group_id: str,
+        outer_id: str,
+        vector: np.ndarray,
+        model_id: str,
+        *,
+        quality: float | None = None,
+        user_info: str | None = None,
+        thumbnail: bytes | None = None,
+    ) -> FaceRecord:
+        face = NewFace(outer_id, vector, model_id, quality, user_info, thumbnail)
+        return self.add_faces(group_id, [face])[0]
+
+    def add_faces(self, group_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
+        """Enrol faces atomically. On return they are committed to disk and searchable."""
+        per_model: dict[str, int] = {}
+        for f in faces:
+            per_model[f.model_id] = per_model.get(f.model_id, 0) + 1
+        with self._writing():
+            for model_id, count in per_model.items():
+                idx = self._indexes.get((group_id, model_id))
+                if idx is not None:
+                    idx.check_room(count)
+                elif count > self.config.max_elements:
+                    raise InputError(f"{count} faces exceed max_elements", code="gallery_full")
+            records = self.store.add_faces(group_id, faces)
+            for model_id in per_model:
+                rows = [(r, f) for r, f in zip(records, faces, strict=True) if r.model_id == model_id]
+                idx = self._indexes.get((group_id, model_id))
+                if idx is None:
+                    idx = self._make_index(group_id, model_id, rows[0][0].dim)
+                    idx.start_empty()
+                labels = np.asarray([r.label for r, _ in rows], dtype=np.int64)
+                vectors = np.stack([np.asarray(f.vector, dtype=np.float32) for _, f in rows])
+                self._apply(idx, lambda i=idx, lb=labels, v=vectors: i.add(lb, v))
+        return records
+
+    def delete_face(self, face_id: str) -> None:
+        with self._writing():
+            self._unindex([self.store.delete_face(face_id)])
+
+    def get_face(self, face_id: str) -> FaceRecord:
+        return self.store.get_face(face_id)
+
+    def get_embedding(self, face_id: str) -> np.ndarray:
+        return self.store.get_embedding(face_id)
+
+    def get_thumbnail(self, face_id: str) -> tuple[str, bytes] | None:
+        return self.store.get_thumbnail(face_id)
+
+    def faces_of_person(self, group_id: str, outer_id: str) -> list[FaceRecord]:
+        return self.store.faces_of_person(group_id, outer_id)
+
+    def list_faces(
+        self, group_id: str, model_id: str | None = None, *, offset: int = 0, limit: int = 1000
+    ) -> list[FaceRecord]:
+        """A page of a group's faces in enrolment order (e.g. to re-embed thumbnails for a new model)."""
+        return self.store.list_faces(group_id, model_id, offset=offset, limit=limit)
+
+    # -- search ------------------------------------------------------------------------------------------
+
+    def search(
+        self, group_id: str, model_id: str, vectors: np.ndarray, k: int
+    ) -> list[list[tuple[FaceRecord, float]]]:
+        """Top-k enrolled faces per query row as (face, cosine), best first. Labels whose face was deleted
+        meanwhile are filtered out by resolving them in SQLite."""
+        queries = np.stack([check_vector(v) for v in np.atleast_2d(np.asarray(vectors, dtype=np.float32))])
+        cfg = self.config
+        if not 1 <= k <= (cfg.max_top_k + cfg.max_query_faces) * cfg.candidate_factor:
+            raise InputError("k out of range", code="invalid_top_k")
+        idx = self._indexes.get((group_id, model_id))
+        if idx is None:
+            self.store.get_group(group_id)  # unknown group -> group_not_found; known but empty -> no hits
+            return [[] for _ in queries]
+        labels, sims = idx.search(queries, k)
+        faces = self.store.resolve(np.unique(labels).tolist())
+        return [
+            [
+                (faces[lbl], float(s))
+                for lbl, s in zip(row_l, row_s, strict=True)
+                if lbl in faces and faces[lbl].group_id == group_id
+            ]
+            for row_l, row_s in zip(labels.tolist(), sims.tolist(), strict=True)
+        ]

@@ -1,0 +1,500 @@
+"""SQLite store of groups, persons and faces: the gallery's source of truth.
+
+Durability: WAL journal with `synchronous=FULL` by default, so every commit fsyncs the WAL before `add_faces`
+returns; an acknowledged enrolment survives a kill -9 and a power cut (NORMAL would survive the kill only).
+Enrolment is rare next to search, so one fsync per write costs nothing users notice.
+
+Privacy: `secure_delete` zeroes deleted rows (embeddings, thumbnails) in the database file, and a TRUNCATE
+checkpoint after each delete drops the old WAL frames that still held them.
+
+Each face has an integer `label` (AUTOINCREMENT, never reused) that is its id inside the hnswlib index; the
+public id is the opaque `face_id`. Because labels only grow, (count, max label, label sum) of a (group, model)
+changes whenever its set of faces changes, which is how a stale index file is detected.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.errors import FatalError, InputError
+from agent.gallery.config import GalleryConfig
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_FILENAME = "gallery.sqlite3"
+_MIN_DIM, _MAX_DIM = 16, 4096
+_NORM_TOLERANCE = 1e-2
+_SQL_CHUNK = 500  # labels per IN (...) query, well under SQLite's variable limit
+
+
+def _schema_v1(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE groups (group_id TEXT PRIMARY KEY, group_name TEXT UNIQUE,"
+        " info TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE persons (person_id TEXT PRIMARY KEY,"
+        " group_id TEXT NOT NULL REFERENCES groups(group_id) ON DELETE CASCADE,"
+        " outer_id TEXT NOT NULL, user_info TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL,"
+        " UNIQUE (group_id, outer_id))"
+    )
+    conn.execute(
+        "CREATE TABLE faces (label INTEGER PRIMARY KEY AUTOINCREMENT, face_id TEXT NOT NULL UNIQUE,"
+        " person_id TEXT NOT NULL REFERENCES persons(person_id) ON DELETE CASCADE,"
+        " group_id TEXT NOT NULL, model_id TEXT NOT NULL, dim INTEGER NOT NULL, embedding BLOB NOT NULL,"
+        " quality REAL, created_at REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX faces_by_index ON faces (group_id, model_id, label)")
+    conn.execute("CREATE INDEX faces_by_person ON faces (person_id)")
+    conn.execute(
+        "CREATE TABLE face_thumbs (face_id TEXT PRIMARY KEY REFERENCES faces(face_id) ON DELETE CASCADE,"
+        " format TEXT NOT NULL, data BLOB NOT NULL)"
+    )
+
+
+# Migration hook: MIGRATIONS[v] upgrades a database at version v-1 to version v, inside one transaction.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _schema_v1}
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    group_id: str
+    group_name: str | None
+    info: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class PersonRecord:
+    person_id: str
+    group_id: str
+    outer_id: str
+    user_info: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    face_id: str
+    label: int
+    person_id: str
+    outer_id: str
+    user_info: str
+    group_id: str
+    model_id: str
+    dim: int
+    quality: float | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class NewFace:
+    """One face to enrol: its person (created if new), embedding and optional aligned thumbnail."""
+
+    outer_id: str
+    vector: np.ndarray = field(repr=False)
+    model_id: str
+    quality: float | None = None
+    user_info: str | None = None  # None keeps an existing person's info
+    thumbnail: bytes | None = field(default=None, repr=False)
+    thumbnail_format: str = "jpeg"
+
+
+@dataclass(frozen=True)
+class RemovedFace:
+    """What a delete took out of SQLite, so the caller can take it out of the index too."""
+
+    group_id: str
+    model_id: str
+    label: int
+
+
+def new_id() -> str:
+    """Opaque unique id, 32 lowercase hex characters (the shape of JD faceId and Face++ face_token)."""
+    return uuid.uuid4().hex
+
+
+def check_text(value: object, what: str, max_chars: int, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be a string", code=f"invalid_{what}")
+    if (not value and not allow_empty) or len(value) > max_chars or "\x00" in value:
+        raise InputError(f"{what} must be 1..{max_chars} characters without NUL", code=f"invalid_{what}")
+    return value
+
+
+def check_vector(vector: object) -> np.ndarray:
+    """A finite, 1-D, L2-normalised float vector; anything else is the caller's bug, reported loudly."""
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim != 1 or not _MIN_DIM <= arr.shape[0] <= _MAX_DIM:
+        raise InputError(
+            f"embedding must be 1-D with {_MIN_DIM}..{_MAX_DIM} values", code="invalid_embedding"
+        )
+    norm = float(np.linalg.norm(arr))
+    if not math.isfinite(norm) or abs(norm - 1.0) > _NORM_TOLERANCE:
+        raise InputError(f"embedding must be L2-normalised (norm {norm:.4f})", code="invalid_embedding")
+    return arr
+
+
+class GalleryStore:
+    """Thread-safe: one connection behind a lock for writes and point reads; bulk scans open their own."""
+
+    def __init__(self, config: GalleryConfig) -> None:
+        self._cfg = config
+        config.path.mkdir(parents=True, exist_ok=True)
+        self.db_path = config.path / DB_FILENAME
+        self._lock = threading.RLock()
+        self._conn = self._connect()
+        self._migrate()
+
+    # -- connection and schema ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.db_path, timeout=self._cfg.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise FatalError(f"cannot open gallery database {self.db_path}: {exc}") from exc
+        if str(mode).lower() != "wal":
+            raise FatalError(f"gallery database {self.db_path} refused WAL mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous={self._cfg.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA secure_delete=ON")
+        return conn
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise FatalError(
+                    f"gallery database {self.db_path} has schema {version}, newer than this agent "
+                    f"({SCHEMA_VERSION}); upgrade the agent"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                log.info("migrating gallery schema %d -> %d", target - 1, target)
+                MIGRATIONS[target](conn)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed (and fsynced) before the block's caller gets control back."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _scrub_wal(self) -> None:
+        """Drop WAL frames that may still hold deleted embeddings; best effort if a reader holds the WAL."""
+        with self._lock:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            log.info("WAL checkpoint after delete was blocked by a reader; old frames go at the next one")
+
+    # -- groups ------------------------------------------------------------------------------------------
+
+    def create_group(
+        self, group_id: str | None = None, group_name: str | None = None, info: str = ""
+    ) -> GroupRecord:
+        limit = self._cfg.max_text_chars
+        gid = check_text(group_id, "group_id", limit) if group_id is not None else new_id()
+        name = check_text(group_name, "group_name", limit) if group_name is not None else None
+        rec = GroupRecord(gid, name, check_text(info, "info", limit, allow_empty=True), time.time())
+        try:
+            with self._tx() as conn:
+                conn.execute("INSERT INTO groups VALUES (?, ?, ?, ?)", (gid, name, rec.info, rec.created_at))
+        except sqlite3.IntegrityError as exc:
+            raise InputError(f"group {gid!r} / {name!r} already exists", code="group_exists") from exc
+        return rec
+
+    def get_group(self, group_id: str | None = None, group_name: str | None = None) -> GroupRecord:
+        """By id if given (the id wins over the name, as in JD's API), else by name."""
+        if group_id is not None:
+            rows = self._query("SELECT * FROM groups WHERE group_id = ?", (group_id,))
+        elif group_name is not None:
+            rows = self._query("SELECT * FROM groups WHERE group_name = ?", (group_name,))
+        else:
+            raise InputError("give a group id or a group name", code="missing_group")
+        if not rows:
+            raise InputError(f"group {group_id or group_name!r} not found", code="group_not_found")
+        return GroupRecord(*rows[0])
+
+    def list_groups(self) -> list[GroupRecord]:
+        return [GroupRecord(*r) for r in self._query("SELECT * FROM groups ORDER BY created_at")]
+
+    def delete_group(self, group_id: str) -> list[RemovedFace]:
+        with self._tx() as conn:
+            removed = self._removed(
+                conn, "SELECT group_id, model_id, label FROM faces WHERE group_id = ?", group_id
+            )
+            if conn.execute("DELETE FROM groups WHERE group_id = ?", (group_id,)).rowcount == 0:
+                raise InputError(f"group {group_id!r} not found", code="group_not_found")
+        self._scrub_wal()
+        return removed
+
+    # -- persons -----------------------------------------------------------------------------------------
+
+    def _person_row(self, conn: sqlite3.Connection, group_id: str, outer_id: str) -> tuple | None:
+        sql = "SELECT * FROM persons WHERE group_id = ? AND outer_id = ?"
+        return conn.execute(sql, (group_id, outer_id)).fetchone()
+
+    def _upsert_person(self, conn: sqlite3.Connection, group_id: str, outer_id: str, info: str | None) -> str:
+        row = self._person_row(conn, group_id, outer_id)
+        if row is None:
+            pid = new_id()
+            conn.execute(
+                "INSERT INTO persons VALUES (?, ?, ?, ?, ?)",
+                (pid, group_id, outer_id, info or "", time.time()),
+            )
+            return pid
+        if info is not None and info != row[3]:
+            conn.execute("UPDATE persons SET user_info = ? WHERE person_id = ?", (info, row[0]))
+        return str(row[0])
+
+    def upsert_person(self, group_id: str, outer_id: str, user_info: str | None = None) -> PersonRecord:
+        limit = self._cfg.max_text_chars
+        check_text(outer_id, "outer_id", limit)
+        if user_info is not None:
+            check_text(user_info, "user_info", limit, allow_empty=True)
+        with self._tx() as conn:
+            self._require_group(conn, group_id)
+            self._upsert_person(conn, group_id, outer_id, user_info)
+            return PersonRecord(*self._person_row(conn, group_id, outer_id))
+
+    def get_person(self, group_id: str, outer_id: str) -> PersonRecord:
+        with self._lock:
+            row = self._person_row(self._conn, group_id, outer_id)
+        if row is None:
+            raise InputError(f"person {outer_id!r} not found in group {group_id!r}", code="person_not_found")
+        return PersonRecord(*row)
+
+    def list_persons(self, group_id: str) -> list[PersonRecord]:
+        sql = "SELECT * FROM persons WHERE group_id = ? ORDER BY created_at"
+        return [PersonRecord(*r) for r in self._query(sql, (group_id,))]
+
+    def delete_person(self, group_id: str, outer_id: str) -> list[RemovedFace]:
+        with self._tx() as conn:
+            row = self._person_row(conn, group_id, outer_id)
+            if row is None:
+                raise InputError(
+                    f"person {outer_id!r} not found in group {group_id!r}", code="person_not_found"
+                )
+            removed = self._removed(
+                conn, "SELECT group_id, model_id, label FROM faces WHERE person_id = ?", row[0]
+            )
+            conn.execute("DELETE FROM persons WHERE person_id = ?", (row[0],))
+        self._scrub_wal()
+        return removed
+
+    @staticmethod
+    def _removed(conn: sqlite3.Connection, sql: str, key: str) -> list[RemovedFace]:
+        return [RemovedFace(g, m, int(lbl)) for g, m, lbl in conn.execute(sql, (key,)).fetchall()]
+
+    @staticmethod
+    def _require_group(conn: sqlite3.Connection, group_id: str) -> None:
+        if conn.execute("SELECT 1 FROM groups WHERE group_id = ?", (group_id,)).fetchone() is None:
+            raise InputError(f"group {group_id!r} not found", code="group_not_found")
+
+    # -- faces -------------------------------------------------------------------------------------------
+
+    def _check_face(self, face: NewFace) -> np.ndarray:
+        limit = self._cfg.max_text_chars
+        check_text(face.outer_id, "outer_id", limit)
+        check_text(face.model_id, "model_id", 128)
+        if face.user_info is not None:
+            check_text(face.user_info, "user_info", limit, allow_empty=True)
+        if face.quality is not None and not math.isfinite(face.quality):
+            raise InputError("quality must be a finite number", code="invalid_quality")
+        if face.thumbnail is not None and not 0 < len(face.thumbnail) <= self._cfg.max_thumbnail_bytes:
+            raise InputError(
+                f"thumbnail must be 1..{self._cfg.max_thumbnail_bytes} bytes", code="thumbnail_too_large"
+            )
+        check_text(face.thumbnail_format, "thumbnail_format", 16)
+        return check_vector(face.vector)
+
+    def model_dim(self, model_id: str) -> int | None:
+        rows = self._query("SELECT dim FROM faces WHERE model_id = ? LIMIT 1", (model_id,))
+        return int(rows[0][0]) if rows else None
+
+    def add_faces(self, group_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
+        """Enrol faces in one transaction; returns only after the commit reached the disk."""
+        if not 1 <= len(faces) <= self._cfg.max_batch:
+            raise InputError(f"add 1..{self._cfg.max_batch} faces per call", code="invalid_batch")
+        vectors = [self._check_face(f) for f in faces]
+        out: list[FaceRecord] = []
+        with self._tx() as conn:
+            self._require_group(conn, group_id)
+            for face, vec in zip(faces, vectors, strict=True):
+                out.append(self._insert_face(conn, group_id, face, vec))
+        return out
+
+    def _insert_face(
+        self, conn: sqlite3.Connection, group_id: str, face: NewFace, vec: np.ndarray
+    ) -> FaceRecord:
+        row = conn.execute("SELECT dim FROM faces WHERE model_id = ? LIMIT 1", (face.model_id,)).fetchone()
+        if row is not None and int(row[0]) != vec.shape[0]:
+            raise InputError(
+                f"model {face.model_id!r} has dimension {row[0]}, got {vec.shape[0]}",
+                code="embedding_dim_mismatch",
+            )
+        pid = self._upsert_person(conn, group_id, face.outer_id, face.user_info)
+        fid, now = new_id(), time.time()
+        blob = vec.astype("<f4").tobytes()
+        cur = conn.execute(
+            "INSERT INTO faces (face_id, person_id, group_id, model_id, dim, embedding, quality, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (fid, pid, group_id, face.model_id, vec.shape[0], blob, face.quality, now),
+        )
+        if face.thumbnail is not None:
+            conn.execute(
+                "INSERT INTO face_thumbs VALUES (?, ?, ?)", (fid, face.thumbnail_format, face.thumbnail)
+            )
+        info = conn.execute("SELECT user_info FROM persons WHERE person_id = ?", (pid,)).fetchone()[0]
+        return FaceRecord(
+            fid,
+            int(cur.lastrowid),
+            pid,
+            face.outer_id,
+            info,
+            group_id,
+            face.model_id,
+            vec.shape[0],
+            face.quality,
+            now,
+        )
+
+    _FACE_SELECT = (
+        "SELECT f.face_id, f.label, f.person_id, p.outer_id, p.user_info, f.group_id, f.model_id, f.dim,"
+        " f.quality, f.created_at FROM faces f JOIN persons p ON p.person_id = f.person_id"
+    )
+
+    def get_face(self, face_id: str) -> FaceRecord:
+        rows = self._query(self._FACE_SELECT + " WHERE f.face_id = ?", (face_id,))
+        if not rows:
+            raise InputError(f"face {face_id!r} not found", code="face_not_found")
+        return FaceRecord(*rows[0])
+
+    def faces_of_person(self, group_id: str, outer_id: str) -> list[FaceRecord]:
+        sql = self._FACE_SELECT + " WHERE p.group_id = ? AND p.outer_id = ? ORDER BY f.label"
+        return [FaceRecord(*r) for r in self._query(sql, (group_id, outer_id))]
+
+    def list_faces(
+        self, group_id: str, model_id: str | None = None, *, offset: int = 0, limit: int = 1000
+    ) -> list[FaceRecord]:
+        if offset < 0 or not 1 <= limit <= 10_000:
+            raise InputError("offset must be >= 0 and limit 1..10000", code="invalid_page")
+        sql = self._FACE_SELECT + " WHERE f.group_id = ?" + (" AND f.model_id = ?" if model_id else "")
+        params: list[object] = [group_id] + ([model_id] if model_id else []) + [limit, offset]
+        return [FaceRecord(*r) for r in self._query(sql + " ORDER BY f.label LIMIT ? OFFSET ?", params)]
+
+    def get_embedding(self, face_id: str) -> np.ndarray:
+        rows = self._query("SELECT embedding FROM faces WHERE face_id = ?", (face_id,))
+        if not rows:
+            raise InputError(f"face {face_id!r} not found", code="face_not_found")
+        return np.frombuffer(rows[0][0], dtype="<f4").astype(np.float32)
+
+    def get_thumbnail(self, face_id: str) -> tuple[str, bytes] | None:
+        rows = self._query("SELECT format, data FROM face_thumbs WHERE face_id = ?", (face_id,))
+        return (str(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def delete_face(self, face_id: str) -> RemovedFace:
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT group_id, model_id, label FROM faces WHERE face_id = ?", (face_id,)
+            ).fetchone()
+            if row is None:
+                raise InputError(f"face {face_id!r} not found", code="face_not_found")
+            conn.execute("DELETE FROM faces WHERE face_id = ?", (face_id,))
+        self._scrub_wal()
+        return RemovedFace(row[0], row[1], int(row[2]))
+
+    def resolve(self, labels: Sequence[int]) -> dict[int, FaceRecord]:
+        """Face records of the labels that still exist; a deleted face simply is not in the answer."""
+        out: dict[int, FaceRecord] = {}
+        uniq = sorted({int(x) for x in labels})
+        for i in range(0, len(uniq), _SQL_CHUNK):
+            part = uniq[i : i + _SQL_CHUNK]
+            sql = self._FACE_SELECT + f" WHERE f.label IN ({','.join('?' * len(part))})"
+            for row in self._query(sql, part):
+                out[int(row[1])] = FaceRecord(*row)
+        return out
+
+    # -- what the index layer needs ----------------------------------------------------------------------
+
+    def index_keys(self) -> list[tuple[str, str, int]]:
+        """Every (group_id, model_id, dim) that has faces."""
+        sql = "SELECT group_id, model_id, MAX(dim) FROM faces GROUP BY group_id, model_id"
+        return [(g, m, int(d)) for g, m, d in self._query(sql)]
+
+    def fingerprint(self, group_id: str, model_id: str) -> tuple[int, int, int]:
+        """(count, max label, label sum) of a (group, model): changes whenever its set of faces changes."""
+        sql = "SELECT COUNT(*), COALESCE(MAX(label), 0), COALESCE(SUM(label), 0) FROM faces"
+        row = self._query(sql + " WHERE group_id = ? AND model_id = ?", (group_id, model_id))[0]
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def labels(self, group_id: str, model_id: str) -> np.ndarray:
+        sql = "SELECT label FROM faces WHERE group_id = ? AND model_id = ? ORDER BY label"
+        with self._lock:
+            cur = self._conn.execute(sql, (group_id, model_id))
+            return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    def vectors(self, labels: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of the given labels that still exist: (labels, vectors)."""
+        got_labels: list[int] = []
+        blobs: list[bytes] = []
+        for i in range(0, len(labels), _SQL_CHUNK):
+            part = [int(x) for x in labels[i : i + _SQL_CHUNK]]
+            sql = f"SELECT label, embedding FROM faces WHERE label IN ({','.join('?' * len(part))})"
+            for lbl, blob in self._query(sql, part):
+                got_labels.append(int(lbl))
+                blobs.append(blob)
+        return np.asarray(got_labels, dtype=np.int64), _blobs_to_matrix(blobs, dim)
+
+    def iter_vectors(self, group_id: str, model_id: str, dim: int, batch: int = 20_000) -> Iterator[tuple]:
+        """Stream (labels, vectors) of one (group, model) from a private read connection (a WAL snapshot),
+        so a long index build neither holds the store lock nor sees half of a concurrent write."""
+        conn = sqlite3.connect(self.db_path, timeout=self._cfg.busy_timeout_s, isolation_level=None)
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("BEGIN")
+            cur = conn.execute(
+                "SELECT label, embedding FROM faces WHERE group_id = ? AND model_id = ? ORDER BY label",
+                (group_id, model_id),
+            )
+            while rows := cur.fetchmany(batch):
+                yield (
+                    np.asarray([r[0] for r in rows], dtype=np.int64),
+                    _blobs_to_matrix([r[1] for r in rows], dim),
+                )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+
+def _blobs_to_matrix(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)

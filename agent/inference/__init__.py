@@ -1,0 +1,1 @@
+"""Face inference: runtimes (tensors and devices) and model wrappers (pre/post-processing)."""

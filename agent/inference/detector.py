@@ -1,0 +1,154 @@
+"""BlazeFace face detector: letterbox preprocessing, SSD anchor decoding, weighted NMS, 6 keypoints.
+
+All decoder settings (strides, anchor offset, coordinate scale, output names) come from the manifest.
+Boxes and keypoints are mapped back to the original image for any aspect ratio; boxes are not clipped, so a
+face cut by the border keeps coordinates outside the image (the quality gate uses that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from agent.config import DetectorConfig
+from agent.errors import ModelError
+from agent.inference.manifest import ModelInfo
+from agent.inference.runtime import Session
+from agent.types import Box, Face
+
+
+def ssd_anchors(size: int, strides: list[int], offset: float, interpolated_ratio: float) -> np.ndarray:
+    """Anchor centres (N, 2) in 0..1 input coordinates, in the order the model emits its outputs:
+    stride groups in turn, then rows, columns, and the anchors of one cell."""
+    centres: list[np.ndarray] = []
+    i = 0
+    while i < len(strides):
+        j = i
+        per_cell = 0
+        while j < len(strides) and strides[j] == strides[i]:
+            per_cell += 2 if interpolated_ratio > 0 else 1
+            j += 1
+        cells = size // strides[i]
+        ys, xs = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
+        grid = np.stack([(xs + offset) / cells, (ys + offset) / cells], axis=-1).reshape(-1, 2)
+        centres.append(np.repeat(grid, per_cell, axis=0))
+        i = j
+    return np.concatenate(centres).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    scale: float
+    pad_x: float
+    pad_y: float
+
+
+def letterbox(bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    h, w = bgr.shape[:2]
+    scale = min(size / w, size / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(bgr, (nw, nh), interpolation=interp)
+    pad_x, pad_y = (size - nw) // 2, (size - nh) // 2
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[pad_y : pad_y + nh, pad_x : pad_x + nw] = resized
+    return canvas, Letterbox(scale, float(pad_x), float(pad_y))
+
+
+def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> list[tuple[np.ndarray, float]]:
+    """Blend overlapping detections (score-weighted mean of box and keypoints), as BlazeFace was tuned for.
+    `boxes` rows: x1, y1, x2, y2, then keypoint x, y pairs."""
+    order = np.argsort(-scores)
+    remaining = order
+    out: list[tuple[np.ndarray, float]] = []
+    while remaining.size:
+        top = remaining[0]
+        iou = _iou(boxes[top, :4], boxes[remaining, :4])
+        group = remaining[iou > iou_thr]
+        if group.size == 0:  # numerical corner case: a degenerate box overlaps nothing, not even itself
+            group = remaining[:1]
+        w = scores[group][:, None]
+        out.append(((boxes[group] * w).sum(0) / w.sum(), float(scores[top])))
+        remaining = remaining[~np.isin(remaining, group)]
+    return out
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+    inter = ix * iy
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+class BlazeFaceDetector:
+    def __init__(self, info: ModelInfo, session: Session, config: DetectorConfig) -> None:
+        dec = info.facts["decoder"]
+        self.info = info
+        self._session = session
+        self._config = config
+        self.size = int(info.input["size"][0])
+        self._mean = np.array(info.input["mean"], np.float32)
+        self._scale = np.array(info.input["scale"], np.float32)
+        self._nchw = info.input["layout"] == "NCHW"
+        self._coord_scale = float(dec["coordinate_scale"])
+        self._clip = float(dec["score_clip"])
+        self._num_kp = int(dec["num_keypoints"])
+        self._anchors = ssd_anchors(
+            self.size, dec["strides"], dec["anchor_offset"], dec["interpolated_scale_aspect_ratio"]
+        )
+        self._out_boxes, self._out_scores = info.output["boxes"], info.output["scores"]
+        missing = {self._out_boxes, self._out_scores} - set(session.output_names)
+        if missing:
+            raise ModelError(f"{info.name}: outputs {missing} not in the model ({session.output_names})")
+        if len(self._anchors) != int(info.output["anchors"]):
+            raise ModelError(
+                f"{info.name}: {len(self._anchors)} anchors generated, manifest says {info.output['anchors']}"
+            )
+
+    def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        canvas, lb = letterbox(bgr, self.size)
+        x = (canvas[..., ::-1].astype(np.float32) - self._mean) * self._scale
+        x = x.transpose(2, 0, 1) if self._nchw else x
+        return x[None], lb
+
+    def detect(self, bgr: np.ndarray, score_threshold: float | None = None) -> list[Face]:
+        x, lb = self.preprocess(bgr)
+        out = self._session.run(x)
+        raw_boxes = out[self._out_boxes].reshape(-1, 4 + 2 * self._num_kp)
+        raw_scores = out[self._out_scores].reshape(-1)
+        if raw_boxes.shape[0] != len(self._anchors):
+            raise ModelError(
+                f"{self.info.name}: model returned {raw_boxes.shape[0]} boxes, expected {len(self._anchors)}"
+            )
+        thr = self._config.score_threshold if score_threshold is None else score_threshold
+        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores.astype(np.float64), -self._clip, self._clip)))
+        keep = np.flatnonzero(scores >= thr)
+        if keep.size == 0:
+            return []
+        decoded = self._decode(raw_boxes[keep], self._anchors[keep])
+        faces = []
+        for row, score in weighted_nms(decoded, scores[keep], self._config.nms_iou):
+            face = self._to_image(row, score, lb)
+            if min(face.box.width, face.box.height) >= self._config.min_face_px:
+                faces.append(face)
+        return faces
+
+    def _decode(self, raw: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        """Raw regressors -> rows of x1, y1, x2, y2, kp... in 0..1 letterbox coordinates."""
+        r = raw / self._coord_scale
+        cx, cy = r[:, 0] + anchors[:, 0], r[:, 1] + anchors[:, 1]
+        w, h = r[:, 2], r[:, 3]
+        kps = r[:, 4:].reshape(-1, self._num_kp, 2) + anchors[:, None, :]
+        box = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        return np.concatenate([box, kps.reshape(len(r), -1)], axis=1)
+
+    def _to_image(self, row: np.ndarray, score: float, lb: Letterbox) -> Face:
+        pts = row.reshape(-1, 2) * self.size
+        pts[:, 0] = (pts[:, 0] - lb.pad_x) / lb.scale
+        pts[:, 1] = (pts[:, 1] - lb.pad_y) / lb.scale
+        (x1, y1), (x2, y2) = pts[0], pts[1]
+        return Face(Box(float(x1), float(y1), float(x2), float(y2)), float(score), pts[2:].astype(np.float32))

@@ -1,0 +1,62 @@
+"""Embedding models: chip preprocessing from the manifest, batched inference, L2-normalised output."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.errors import ModelError
+from agent.inference.align import align
+from agent.inference.manifest import ModelInfo
+from agent.inference.runtime import Session
+from agent.types import Face
+
+
+class Embedder:
+    def __init__(self, info: ModelInfo, session: Session, max_batch: int) -> None:
+        self.info = info
+        self._session = session
+        self._max_batch = max_batch
+        self.size = int(info.input["size"][0])
+        self.dim = int(info.output["dim"])
+        self.align_spec = info.facts["align"]
+        self._mean = np.array(info.input["mean"], np.float32)
+        self._scale = np.array(info.input["scale"], np.float32)
+        self._rgb = info.input["colour"] == "RGB"
+        self._nchw = info.input["layout"] == "NCHW"
+        self._output = session.output_names[0]
+
+    @property
+    def model_id(self) -> str:
+        return self.info.model_id
+
+    def chips(self, bgr: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+        return [align(bgr, f, self.align_spec) for f in faces]
+
+    def embed_chips(self, chips: list[np.ndarray]) -> np.ndarray:
+        """(N, dim) float32 L2-normalised embeddings of aligned BGR chips."""
+        if not chips:
+            return np.zeros((0, self.dim), np.float32)
+        out = [self._run(chips[i : i + self._max_batch]) for i in range(0, len(chips), self._max_batch)]
+        return np.concatenate(out)
+
+    def preprocess(self, chips: list[np.ndarray]) -> np.ndarray:
+        """Aligned BGR uint8 chips -> the model's input tensor (colour order, normalisation, layout)."""
+        x = np.stack(chips).astype(np.float32)
+        if self._rgb:
+            x = x[..., ::-1]
+        x = (x - self._mean) * self._scale
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if self._nchw else x)
+
+    def _run(self, chips: list[np.ndarray]) -> np.ndarray:
+        x = self.preprocess(chips)
+        y = self._session.run(x)[self._output].reshape(len(chips), -1).astype(np.float32)
+        if y.shape[1] != self.dim:
+            raise ModelError(f"{self.model_id}: output has {y.shape[1]} values, manifest says {self.dim}")
+        norms = np.linalg.norm(y, axis=1, keepdims=True)
+        if not np.all(np.isfinite(y)) or np.any(norms < 1e-6):
+            # Never hand zeros or NaN on as an identity: a broken model or device must be loud.
+            raise ModelError(
+                f"{self.model_id}: produced a non-finite or zero embedding on "
+                f"{self._session.runtime}/{self._session.device}"
+            )
+        return y / norms

@@ -1,0 +1,90 @@
+"""The face engine: detect, align and embed, on the configured runtime. One instance is shared by the camera
+loop and the HTTP API; every method is thread-safe."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from agent.config import EngineConfig
+from agent.errors import InputError
+from agent.imageio import decode_bytes, from_array
+from agent.inference.detector import BlazeFaceDetector
+from agent.inference.embedder import Embedder
+from agent.inference.manifest import Manifest
+from agent.inference.runtime import open_session
+from agent.types import Face, FaceEmbedding, Image
+
+log = logging.getLogger(__name__)
+
+ImageInput = bytes | bytearray | memoryview | np.ndarray | Image
+
+
+class FaceEngine:
+    def __init__(self, config: EngineConfig, manifest: Manifest | None = None) -> None:
+        self.config = config
+        manifest = manifest or Manifest(config.models_dir)
+        runtime = config.runtime.kind
+        verify = config.verify_checksums
+        det_info = manifest.info(config.detector.model, "fp32", runtime, verify)
+        emb_info = manifest.info(config.embedder.model, config.embedder.precision, runtime, verify)
+        if emb_info.kind != "embedder":
+            raise InputError(f"model {config.embedder.model!r} is a {emb_info.kind}, not an embedder")
+        t0 = time.perf_counter()
+        self.detector = BlazeFaceDetector(
+            det_info, open_session(det_info.files, config.runtime), config.detector
+        )
+        self.embedder = Embedder(
+            emb_info, open_session(emb_info.files, config.runtime), config.embedder.max_batch
+        )
+        self.thresholds = emb_info.thresholds
+        self._warm_up()
+        log.info(
+            "engine ready: %s + %s on %s in %.1fs",
+            det_info.model_id,
+            emb_info.model_id,
+            runtime,
+            time.perf_counter() - t0,
+        )
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    def _warm_up(self) -> None:
+        # First inferences pay for kernel selection and memory planning; do it before READY.
+        blank = np.full((self.detector.size * 2, self.detector.size * 2, 3), 127, np.uint8)
+        self.detector.detect(blank)
+        self.embedder.embed_chips([np.full((self.embedder.size, self.embedder.size, 3), 127, np.uint8)])
+
+    def load(self, image: ImageInput) -> Image:
+        if isinstance(image, Image):
+            return image
+        if isinstance(image, np.ndarray):
+            return from_array(image, self.config.images)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return decode_bytes(bytes(image), self.config.images)
+        raise InputError(f"unsupported image input type {type(image).__name__}")
+
+    def detect(self, image: ImageInput, max_faces: int | None = None) -> list[Face]:
+        """Faces, largest first."""
+        img = self.load(image)
+        faces = sorted(self.detector.detect(img.pixels), key=lambda f: -(f.box.width * f.box.height))
+        return faces[:max_faces] if max_faces else faces
+
+    def embed(self, image: ImageInput, faces: list[Face], keep_chips: bool = False) -> list[FaceEmbedding]:
+        img = self.load(image)
+        chips = self.embedder.chips(img.pixels, faces)
+        vectors = self.embedder.embed_chips(chips)
+        return [
+            FaceEmbedding(f, v, self.model_id, c if keep_chips else None)
+            for f, v, c in zip(faces, vectors, chips, strict=True)
+        ]
+
+    def analyze(
+        self, image: ImageInput, max_faces: int | None = None, keep_chips: bool = False
+    ) -> list[FaceEmbedding]:
+        img = self.load(image)
+        return self.embed(img, self.detect(img, max_faces), keep_chips)

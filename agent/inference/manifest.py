@@ -1,0 +1,121 @@
+"""The model manifest (models/manifest.json): which files exist, their checksums and every model fact.
+
+Model wrappers take their preprocessing, decoder settings and thresholds from here, never from graph shapes.
+A file whose sha256 differs from the manifest is refused at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ModelError
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The file a runtime loads (`model`), its separate weights (OpenVINO IR .bin) and the ONNX file."""
+
+    model: Path
+    weights: Path | None = None
+    onnx: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    kind: str
+    variant: str
+    facts: dict[str, Any] = field(repr=False)
+    files: ModelFiles = field(repr=False)
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}/{self.variant}"
+
+    @property
+    def input(self) -> dict[str, Any]:
+        return self.facts["input"]
+
+    @property
+    def output(self) -> dict[str, Any]:
+        return self.facts["output"]
+
+    @property
+    def licence(self) -> str:
+        return str(self.facts.get("licence", "unknown"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Manifest:
+    def __init__(self, models_dir: Path | None = None) -> None:
+        self.dir = Path(models_dir or DEFAULT_MODELS_DIR)
+        path = self.dir / "manifest.json"
+        try:
+            self._data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ModelError(f"model manifest not found at {path}; run scripts/build_models.py") from exc
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model manifest {path} is not valid JSON: {exc}") from exc
+
+    def names(self, kind: str | None = None) -> list[str]:
+        return [n for n, m in self._data["models"].items() if kind is None or m.get("kind") == kind]
+
+    def variants(self, name: str) -> list[str]:
+        return list(self._entry(name).get("variants", {}))
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        try:
+            return self._data["models"][name]
+        except KeyError:
+            raise ModelError(
+                f"model {name!r} is not in the manifest; known: {', '.join(self.names())}"
+            ) from None
+
+    def info(self, name: str, variant: str, runtime: str, verify: bool = True) -> ModelInfo:
+        entry = self._entry(name)
+        variants = entry.get("variants", {})
+        if variant not in variants:
+            raise ModelError(f"model {name!r} has no {variant!r} variant; available: {', '.join(variants)}")
+        var = variants[variant]
+        files = self._files(name, variant, var["files"], runtime, verify)
+        thresholds = var.get("thresholds", {}).get(runtime, {}).get("cosine_at_far", {})
+        facts = {k: v for k, v in entry.items() if k != "variants"}
+        return ModelInfo(name, entry["kind"], variant, facts, files, dict(thresholds))
+
+    def _resolve(self, rec: dict[str, Any], verify: bool) -> Path:
+        path = self.dir / rec["path"]
+        if not path.exists():
+            raise ModelError(f"model file {path} is missing; run scripts/build_models.py or restore models/")
+        if verify:
+            digest = _sha256(path)
+            if digest != rec["sha256"]:
+                raise ModelError(
+                    f"model file {path} has sha256 {digest[:16]}..., the manifest expects "
+                    f"{rec['sha256'][:16]}...: the file is corrupt or was replaced; restore it "
+                    "from the release"
+                )
+        return path
+
+    def _files(self, name: str, variant: str, recs: dict, runtime: str, verify: bool) -> ModelFiles:
+        onnx = self._resolve(recs["onnx"], verify) if "onnx" in recs else None
+        if runtime == "openvino" and "openvino" in recs:
+            rec = recs["openvino"]
+            xml = self._resolve(rec, verify)
+            return ModelFiles(model=xml, weights=self._resolve(rec["weights"], verify), onnx=onnx)
+        if onnx is None:
+            raise ModelError(f"{name}/{variant}: no file usable by {runtime} in the manifest")
+        return ModelFiles(model=onnx, onnx=onnx)

@@ -1,0 +1,432 @@
+"""The recognition loop: frames of every camera -> detect -> quality gate -> embed -> match -> track -> event.
+
+Recognition threads (`RecognitionConfig.workers`) share one FaceEngine and one gallery Matcher; each owns a
+fixed subset of the cameras, so one camera's frames are always processed in order by one tracker. Events go
+through a bounded queue to one dispatcher thread, so a slow sink (fsync of the MQTT outbox) never stalls
+recognition; an event that finds the queue full is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from agent.capture.worker import CaptureWorker, Frame
+from agent.config import RecognitionConfig
+from agent.errors import AgentError, TransientError
+from agent.gallery.matcher import Candidate, Matcher
+from agent.publish.payloads import RecognitionEvent
+from agent.publish.sink import EventSink
+from agent.tracking import FaceTracker, Observation, TrackerSettings, TrackEvent
+from agent.types import Box, Face
+
+log = logging.getLogger(__name__)
+QUALITY_ORDER = ("HIGH", "NORMAL", "LOW")
+
+
+class LatencyLog:
+    """Recent latencies per stage in seconds (bounded), for stats and benchmarks; also feeds metrics."""
+
+    def __init__(self, observe: Callable[[str, float], None] | None = None, keep: int = 20_000) -> None:
+        self._observe = observe
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._data: dict[str, deque[float]] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._data.setdefault(stage, deque(maxlen=self._keep)).append(seconds)
+        if self._observe is not None:
+            self._observe(stage, seconds)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            data = {k: np.asarray(v) for k, v in self._data.items() if v}
+        return {
+            k: {
+                "n": int(v.size),
+                "p50_ms": float(np.percentile(v, 50) * 1e3),
+                "p99_ms": float(np.percentile(v, 99) * 1e3),
+            }
+            for k, v in data.items()
+        }
+
+
+def _quality_gate():
+    """The quality gate functions when agent/gates/quality.py provides them, else None (gate not run)."""
+    try:
+        from agent.gates.quality import evaluate_quality, measure_quality
+    except ImportError:
+        return None
+    return measure_quality, evaluate_quality
+
+
+def far_level(score: float, anchors: dict[str, float]) -> int:
+    """N when `score` meets the 1-in-10^N FAR threshold (strictest met), 0 when none."""
+    met = [int(far.split("e-")[1]) for far, at in anchors.items() if score >= at]
+    return max(met, default=0)
+
+
+def fallback_weight(face: Face) -> float:
+    """Fusion weight without the quality gate: detector confidence, scaled down for small faces."""
+    side = min(face.box.width, face.box.height)
+    return float(np.clip(face.score, 0.0, 1.0) * min(1.0, side / 112.0))
+
+
+@dataclass
+class _Camera:
+    worker: CaptureWorker
+    tracker: FaceTracker
+    processed: int = 0
+    fps: float = 0.0
+    last_t: float = field(default=0.0)
+
+
+class EventDispatcher:
+    """One thread handing events to the sink in order, behind a bounded queue."""
+
+    def __init__(self, sink: EventSink, size: int, latency: LatencyLog, beat: Callable[[], None]) -> None:
+        self._sink = sink
+        self._queue: queue.Queue[tuple[RecognitionEvent, bytes | None, float] | None] = queue.Queue(size)
+        self._latency = latency
+        self._beat = beat
+        self.dropped = 0
+        self.failed = 0
+        self.published = 0
+        self._thread = threading.Thread(target=self._run, name="event-dispatch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, event: RecognitionEvent, snapshot: bytes | None, captured_mono: float) -> bool:
+        try:
+            self._queue.put_nowait((event, snapshot, captured_mono))
+            return True
+        except queue.Full:
+            self.dropped += 1
+            log.warning("event queue full: dropped event %s (camera %s)", event.event_id, event.camera_id)
+            return False
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        while True:
+            self._beat()
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            event, snapshot, captured_mono = item
+            t0 = time.monotonic()
+            try:
+                self._sink.publish_event(event, snapshot)
+                self.published += 1
+            except AgentError as exc:  # e.g. the event file cannot be written: counted, the loop goes on
+                self.failed += 1
+                log.error("publishing event %s failed: %s", event.event_id, exc)
+            now = time.monotonic()
+            self._latency.add("publish", now - t0)
+            self._latency.add("capture_to_publish", now - captured_mono)
+
+    def stop(self, timeout: float) -> bool:
+        """Publish what is queued (bounded by `timeout`), then end the thread."""
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
+
+
+class RecognitionPipeline:
+    """Recognition threads over the capture workers, plus the event dispatcher."""
+
+    def __init__(
+        self,
+        engine,
+        matcher: Matcher,
+        cfg: RecognitionConfig,
+        cameras: Sequence[CaptureWorker],
+        sink: EventSink,
+        *,
+        wake: threading.Event,
+        snapshots: bool = False,
+        metrics=None,
+        heartbeat: Callable[[str, float], Callable[[], None]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._engine = engine
+        self._matcher = matcher
+        self._wake = wake
+        self._snapshots = snapshots
+        self._metrics = metrics
+        self._gate = _quality_gate()
+        if self._gate is None:
+            log.warning("quality gate (agent/gates/quality.py) not available: faces are not quality-checked")
+        beat = heartbeat or (lambda name, age: lambda: None)
+        observe = None
+        if metrics is not None:
+            observe = lambda stage, s: metrics.stage_latency.labels(stage).observe(s)  # noqa: E731
+        self.latency = LatencyLog(observe)
+        self.match_errors = 0
+        self.frame_errors = 0
+        settings = TrackerSettings(
+            min_score=cfg.min_score,
+            iou_threshold=cfg.iou_threshold,
+            track_timeout_s=cfg.track_timeout_s,
+            max_missed_frames=cfg.max_missed_frames,
+            unknown_after_frames=cfg.unknown_after_frames,
+            min_track_frames=min(cfg.min_track_frames, cfg.unknown_after_frames),
+            fusion_frames=cfg.fusion_frames,
+            upgrade_unknown=cfg.upgrade_unknown,
+            cooldown_s=cfg.cooldown_s,
+            min_similarity=cfg.track_min_similarity,
+        )
+        self.cameras = [_Camera(w, FaceTracker(settings, self._match)) for w in cameras]
+        groups = [self.cameras[i :: cfg.workers] for i in range(min(cfg.workers, len(self.cameras)))]
+        self._stop = threading.Event()
+        self.done = threading.Event()
+        self._workers_left = len(groups)
+        self._lock = threading.Lock()
+        self.dispatcher = EventDispatcher(
+            sink, cfg.event_queue_size, self.latency, beat("event-dispatch", cfg.heartbeat_max_age_s)
+        )
+        self._threads = [
+            threading.Thread(
+                target=self._run,
+                args=(group, beat(f"recognition-{i}", cfg.heartbeat_max_age_s)),
+                name=f"recognition-{i}",
+                daemon=True,
+            )
+            for i, group in enumerate(groups)
+        ]
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.dispatcher.start()
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop recognition, then publish the queued events. Capture should be stopped first."""
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        ok = all(not t.is_alive() for t in self._threads)
+        return self.dispatcher.stop(max(0.1, deadline - time.monotonic())) and ok
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "cameras": {
+                c.worker.cfg.id: {
+                    **c.worker.stats(),
+                    "processed": c.processed,
+                    "fps": round(c.fps, 2),
+                    "tracks": c.tracker.active,
+                    **c.tracker.counters,
+                }
+                for c in self.cameras
+            },
+            "events": {
+                "published": self.dispatcher.published,
+                "dropped": self.dispatcher.dropped,
+                "failed": self.dispatcher.failed,
+                "queued": self.dispatcher.depth,
+            },
+            "match_errors": self.match_errors,
+            "frame_errors": self.frame_errors,
+            "latency": self.latency.summary(),
+        }
+
+    # -- recognition thread ------------------------------------------------------------------------------
+
+    def _run(self, group: list[_Camera], beat: Callable[[], None]) -> None:
+        try:
+            while not self._stop.is_set():
+                beat()
+                self._wake.clear()  # before scanning: a frame put after this sets it again, none is missed
+                busy = False
+                for cam in group:
+                    frame = cam.worker.slot.take()
+                    if frame is not None:
+                        busy = True
+                        self._process_safely(cam, frame)
+                if busy:
+                    continue
+                if all(c.worker.finished.is_set() and c.worker.slot.depth == 0 for c in group):
+                    for cam in group:
+                        self._emit(cam, cam.tracker.flush(self._clock_end(cam)), None)
+                    break
+                self._wake.wait(0.05)
+        except Exception:  # visible in the journal; the heartbeat goes stale and the watchdog restarts us
+            log.exception("recognition thread crashed")
+            raise
+        finally:
+            with self._lock:
+                self._workers_left -= 1
+                last = self._workers_left == 0
+            if last and not self._stop.is_set():
+                self.dispatcher.stop(self.cfg.heartbeat_max_age_s)
+                self.done.set()
+
+    def _process_safely(self, cam: _Camera, frame: Frame) -> None:
+        try:
+            self._process(cam, frame)
+        except AgentError as exc:  # e.g. a frame the engine refuses, the group deleted meanwhile
+            self.frame_errors += 1
+            if self.frame_errors == 1 or self.frame_errors % 1000 == 0:
+                log.error(
+                    "camera %s: frame skipped (%d so far): %s", cam.worker.cfg.id, self.frame_errors, exc
+                )
+
+    @staticmethod
+    def _clock_end(cam: _Camera) -> float:
+        return cam.tracker.last_clock if cam.tracker.last_clock is not None else time.monotonic()
+
+    def _process(self, cam: _Camera, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        faces = self._engine.detect(frame.pixels, self.cfg.max_faces)
+        min_px = cam.worker.cfg.min_face_px
+        faces = [f for f in faces if min(f.box.width, f.box.height) >= min_px]
+        t1 = time.perf_counter()
+        self.latency.add("detect", t1 - t0)
+        graded = [self._grade(frame.pixels, f) for f in faces]
+        t2 = time.perf_counter()
+        self.latency.add("quality", t2 - t1)
+        usable = [f for f, g in zip(faces, graded, strict=True) if g[1]]
+        vectors = {id(e.face): e.vector for e in self._engine.embed(frame.pixels, usable)} if usable else {}
+        t3 = time.perf_counter()
+        if usable:
+            self.latency.add("embed", t3 - t2)
+        observations = [
+            Observation(
+                box=f.box,
+                vector=vectors.get(id(f)),
+                weight=weight,
+                usable=ok,
+                quality=score,
+                quality_level=level,
+                crop=self._crop(frame.pixels, f.box) if self._snapshots else None,
+            )
+            for f, (weight, ok, score, level) in zip(faces, graded, strict=True)
+        ]
+        clock = frame.media_time if frame.media_time is not None else frame.captured_mono
+        events = cam.tracker.update(observations, clock)
+        self.latency.add("track", time.perf_counter() - t3)  # includes the gallery searches it made
+        self._emit(cam, events, frame)
+        self.latency.add("capture_to_processed", time.monotonic() - frame.captured_mono)
+        self._count_fps(cam, frame)
+
+    def _grade(self, pixels: np.ndarray, face: Face) -> tuple[float, bool, float | None, str | None]:
+        """(fusion weight, usable, quality score, strongest level passed) of one face."""
+        if self._gate is None:
+            return fallback_weight(face), True, None, None
+        measure, evaluate = self._gate
+        measures = measure(pixels, face)
+        level, score = "NONE", None
+        for candidate in QUALITY_ORDER:
+            report = evaluate(measures, candidate)
+            score = report.score if score is None else score
+            if report.passed:
+                level = candidate
+                break
+        required = self.cfg.quality_level
+        ok = required == "NONE" or ("NONE", "LOW", "NORMAL", "HIGH").index(level) >= (
+            "NONE",
+            "LOW",
+            "NORMAL",
+            "HIGH",
+        ).index(required)
+        score = float(np.clip(score if score is not None else 0.0, 0.0, 1.0))
+        return max(score, 1e-3), ok, score, level
+
+    def _match(self, vector: np.ndarray) -> Candidate | None:
+        t0 = time.perf_counter()
+        try:
+            found = self._matcher.search(self.cfg.group_id, vector, top_k=1, min_score=0.0)
+        except TransientError as exc:  # index still loading or busy: this frame decides nothing
+            self.match_errors += 1
+            log.debug("gallery search failed: %s", exc)
+            return None
+        finally:
+            self.latency.add("match", time.perf_counter() - t0)
+        return found[0] if found else None
+
+    def _crop(self, pixels: np.ndarray, box: Box) -> np.ndarray:
+        m = self.cfg.snapshot_margin
+        h, w = pixels.shape[:2]
+        x1 = int(max(0, box.x1 - m * box.width))
+        y1 = int(max(0, box.y1 - m * box.height))
+        x2 = int(min(w, box.x2 + m * box.width))
+        y2 = int(min(h, box.y2 + m * box.height))
+        return pixels[y1:y2, x1:x2].copy()
+
+    def _emit(self, cam: _Camera, events: list[TrackEvent], frame: Frame | None) -> None:
+        offset = frame.offset if frame is not None else (0, 0)
+        for ev in events:
+            event = self._event(cam.worker.cfg.id, ev, frame, offset)
+            snapshot = None
+            if self._snapshots and ev.observation.crop is not None and ev.observation.crop.size:
+                ok, buf = cv2.imencode(".jpg", ev.observation.crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
+                snapshot = buf.tobytes() if ok else None
+            result = "known" if ev.known else "unknown"
+            if self._metrics is not None:
+                self._metrics.recognitions.labels(result).inc()
+            mono = frame.captured_mono if frame is not None else time.monotonic()
+            self.dispatcher.submit(event, snapshot, mono)
+
+    def _event(
+        self, camera_id: str, ev: TrackEvent, frame: Frame | None, offset: tuple[int, int]
+    ) -> RecognitionEvent:
+        obs, cand = ev.observation, ev.candidate
+        box = Box(
+            obs.box.x1 + offset[0], obs.box.y1 + offset[1], obs.box.x2 + offset[0], obs.box.y2 + offset[1]
+        )
+        common = dict(
+            camera_id=camera_id,
+            captured_at=frame.captured_at if frame is not None else time.time(),
+            box=box,
+            model_id=self._matcher.model_id,
+            quality=obs.quality,
+            quality_level=obs.quality_level,
+            track_id=ev.track_id,
+            score=round(float(cand.score), 2) if cand is not None else None,
+        )
+        if not ev.known or cand is None:
+            return RecognitionEvent(**common)
+        return RecognitionEvent(
+            **common,
+            person_id=cand.outer_id,
+            user_info=cand.user_info or None,
+            group_id=cand.group_id,
+            far_level=far_level(cand.score, self._matcher.scores.thresholds()),
+        )
+
+    def _count_fps(self, cam: _Camera, frame: Frame) -> None:
+        cam.processed += 1
+        now = time.monotonic()
+        if cam.last_t:
+            inst = 1.0 / max(now - cam.last_t, 1e-6)
+            cam.fps = inst if cam.fps == 0 else 0.9 * cam.fps + 0.1 * inst  # smoothed over ~10 frames
+        cam.last_t = now
+        if self._metrics is not None:
+            self._metrics.fps.labels(cam.worker.cfg.id).set(cam.fps)

@@ -1,0 +1,58 @@
+"""Access decision policy: a pure function from a recognition event and the policy to granted/denied + why.
+
+It fails closed: any missing evidence the policy asks for (no person, no FAR level, a gate that did not run)
+denies. Every failed check is listed, so an integrator can tell a stranger from a blurred known face.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agent.publish.config import LEVELS, AccessPolicyConfig
+
+if TYPE_CHECKING:  # payloads imports this module; the event is only read here
+    from agent.publish.payloads import RecognitionEvent
+
+# Stable reason codes (documented in docs/mqtt.md).
+UNKNOWN_PERSON = "unknown_person"
+GROUP_NOT_ALLOWED = "group_not_allowed"
+FAR_LEVEL_MISSING = "far_level_missing"
+FAR_LEVEL_TOO_LOW = "far_level_too_low"
+QUALITY_MISSING = "quality_missing"
+QUALITY_TOO_LOW = "quality_too_low"
+LIVENESS_MISSING = "liveness_missing"
+LIVENESS_TOO_LOW = "liveness_too_low"
+
+
+@dataclass(frozen=True)
+class AccessDecision:
+    granted: bool
+    reasons: tuple[str, ...]  # empty when granted
+
+
+def _level_reasons(actual: str | None, required: str, missing: str, too_low: str) -> list[str]:
+    if required == "NONE":
+        return []
+    if actual is None:
+        return [missing]
+    return [too_low] if LEVELS.index(actual) < LEVELS.index(required) else []
+
+
+def decide(event: RecognitionEvent, policy: AccessPolicyConfig) -> AccessDecision:
+    """Grant only when every check of `policy` passes on the evidence carried by `event`."""
+    reasons: list[str] = []
+    if not event.is_known:
+        reasons.append(UNKNOWN_PERSON)
+    elif policy.allowed_groups and event.group_id not in policy.allowed_groups:
+        reasons.append(GROUP_NOT_ALLOWED)
+    if event.is_known and policy.min_far_level > 0:
+        if event.far_level is None:
+            reasons.append(FAR_LEVEL_MISSING)
+        elif event.far_level < policy.min_far_level:
+            reasons.append(FAR_LEVEL_TOO_LOW)
+    reasons += _level_reasons(event.quality_level, policy.required_quality, QUALITY_MISSING, QUALITY_TOO_LOW)
+    reasons += _level_reasons(
+        event.liveness_level, policy.required_liveness, LIVENESS_MISSING, LIVENESS_TOO_LOW
+    )
+    return AccessDecision(granted=not reasons, reasons=tuple(reasons))

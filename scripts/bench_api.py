@@ -1,0 +1,164 @@
+"""Benchmark: 1:N search requests/s over real HTTP (native API, HMAC-signed, keep-alive), with N concurrent
+clients in a separate process so they do not share the server's GIL.
+
+    nice -n 10 /work/venvs/rt/bin/python scripts/bench_api.py --clients 1,2,4 --seconds 8 --rounds 3
+
+Prints, per client count, the median over rounds of requests/s, p50 and p99 latency (ms), and the ratio of
+requests/s to the 1-client run. Enrols --persons LFW identities (one photo each) first; queries are other
+LFW photos of the same people (250x250 JPEG, one face each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.api import ApiConfig, ApiServer, build_context, native_header  # noqa: E402
+from agent.config import EmbedderConfig, EngineConfig  # noqa: E402
+from agent.errors import ModelError  # noqa: E402
+from agent.gallery import Gallery, GalleryConfig  # noqa: E402
+from agent.inference.engine import FaceEngine  # noqa: E402
+
+KEY, SECRET = "bench-key", "bench-secret-0123"
+PROVISIONAL = {"1e-3": 0.48, "1e-4": 0.55, "1e-5": 0.62}  # only if the manifest has no thresholds yet
+
+
+def lfw_people(data: Path, n: int) -> list[tuple[str, Path, Path]]:
+    """(name, enrol photo, query photo) for the first n LFW people with at least two photos."""
+    out = []
+    for person in sorted((data / "lfw-devtrain" / "images").iterdir()):
+        photos = sorted(person.glob("*.jpg"))
+        if len(photos) >= 2:
+            out.append((person.name, photos[0], photos[1]))
+        if len(out) == n:
+            break
+    return out
+
+
+def client_worker(port: int, bodies: list[bytes], clients: int, seconds: float, out: mp.Queue) -> None:
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+    path = "/api/v1/groups/bench/search"
+
+    def run(idx: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine, i = [], idx
+        while time.monotonic() < stop_at:
+            body = bodies[i % len(bodies)]
+            i += clients
+            auth = native_header(KEY, SECRET, "POST", path, body, uuid.uuid4().hex)
+            t0 = time.perf_counter()
+            conn.request("POST", path, body, {"Content-Type": "application/json", "Authorization": auth})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                mine.append(time.perf_counter() - t0)
+            else:
+                with lock:
+                    errors[0] += 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((latencies, errors[0], time.monotonic() - t0))
+
+
+def measure(port: int, bodies: list[bytes], clients: int, seconds: float) -> tuple[float, float, float, int]:
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    proc = mp.get_context("spawn").Process(target=client_worker, args=(port, bodies, clients, seconds, q))
+    proc.start()
+    lat, errors, elapsed = q.get(timeout=seconds + 120)
+    proc.join(30)
+    lat.sort()
+    p = lambda f: 1000 * lat[min(len(lat) - 1, int(f * len(lat)))] if lat else float("nan")  # noqa: E731
+    return len(lat) / elapsed, p(0.50), p(0.99), errors
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("FACE_AGENT_DATA", ROOT.parent / "shared" / "data"))
+    )
+    ap.add_argument("--clients", default="1,2,4")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--persons", type=int, default=100)
+    ap.add_argument("--engine-concurrency", type=int, default=2)
+    args = ap.parse_args()
+
+    try:
+        engine = FaceEngine(EngineConfig())
+    except ModelError:
+        engine = FaceEngine(EngineConfig(embedder=EmbedderConfig(precision="fp32")))
+    people = lfw_people(args.data, args.persons)
+    with tempfile.TemporaryDirectory() as tmp:
+        secret_file = Path(tmp) / "secret"
+        secret_file.write_text(SECRET)
+        cfg = ApiConfig(
+            port=0,
+            credentials=[{"key": KEY, "secret_file": str(secret_file)}],
+            engine_concurrency=args.engine_concurrency,
+            engine_queue=64,
+            score_thresholds=None if len(engine.thresholds) >= 3 else PROVISIONAL,
+        )
+        gallery = Gallery(GalleryConfig(path=Path(tmp) / "gallery", save_interval_s=0))
+        ctx = build_context(cfg, engine, gallery)
+        gallery.create_group("bench")
+        for name, enrol, _ in people:
+            try:
+                ctx.enrol("bench", name, ctx.load(enrol.read_bytes()))
+            except Exception as exc:  # a photo without a detectable face is skipped
+                print(f"skip {name}: {exc}", file=sys.stderr)
+        bodies = [
+            json.dumps({"image_base64": base64.b64encode(q.read_bytes()).decode()}).encode()
+            for _, _, q in people
+        ]
+        server = ApiServer(cfg, ctx).start()
+        try:
+            persons = len(gallery.list_persons("bench"))
+            print(
+                f"model {engine.model_id}, {persons} persons, cpus {os.cpu_count()}, "
+                f"engine_concurrency {args.engine_concurrency}, {args.rounds} rounds x {args.seconds:.0f} s"
+            )
+            measure(server.port, bodies, 1, 1.0)  # warm-up
+            base = None
+            for clients in [int(c) for c in args.clients.split(",")]:
+                runs = [measure(server.port, bodies, clients, args.seconds) for _ in range(args.rounds)]
+                rps = statistics.median(r[0] for r in runs)
+                p50 = statistics.median(r[1] for r in runs)
+                p99 = statistics.median(r[2] for r in runs)
+                errors = sum(r[3] for r in runs)
+                base = base or rps
+                print(
+                    f"clients {clients:2d}: {rps:6.1f} req/s (x{rps / base:.2f})  p50 {p50:6.1f} ms  "
+                    f"p99 {p99:6.1f} ms  non-200 {errors}"
+                )
+        finally:
+            server.stop()
+            gallery.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""`face-agent run` end to end: real subprocesses, real sd_notify socket, real Mosquitto, real video."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from agent.app import AgentApp
+from agent.config import load_agent_config
+from agent.gallery import Gallery, GalleryConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+FR = "faces/face_recognition/examples"
+HAMILTON = f"{FR}/short_hamilton_clip.mp4"
+
+
+def enrolled_state(engine, data_dir: Path, state: Path) -> Path:
+    """A state directory whose gallery holds Lin-Manuel Miranda in group 'door'."""
+    gallery = Gallery(GalleryConfig(path=state / "gallery"))
+    try:
+        gallery.create_group(group_id="door")
+        face = engine.analyze((data_dir / FR / "lin-manuel-miranda.png").read_bytes(), max_faces=1)[0]
+        gallery.add_face("door", "lin-manuel", face.vector, engine.model_id, user_info='{"badge": 7}')
+    finally:
+        gallery.close()
+    return state
+
+
+def write_config(path: Path, state: Path, thresholds: dict, cameras: list[dict], **extra) -> Path:
+    cfg = {
+        "state_dir": str(state),
+        "engine": {"embedder": {"precision": "fp32"}},
+        "metrics": {"port": 0},
+        "log": {"level": "INFO", "format": "text"},
+        "recognition": {"group_id": "door", "cosine_thresholds": thresholds, "create_group": False},
+        "cameras": cameras,
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def agent_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agent", "run", *args]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "STATE_DIRECTORY")
+    }
+    env["PYTHONPATH"] = str(ROOT)
+    return {**env, **extra}
+
+
+def test_malformed_config_fails_at_start_with_78(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cameras:\n  - id: front door\n    max_fps: -3\nrecognition: {min_score: 180}\nbogus: 1\n")
+    proc = subprocess.run(
+        agent_cmd("--config", str(bad)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 78, proc.stderr
+    for where in ("cameras.0.id", "cameras.0.max_fps", "recognition.min_score", "bogus"):
+        assert where in proc.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("cameras: [\n")
+    proc = subprocess.run(
+        agent_cmd("--config", str(broken), "--validate-config"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 78 and "not valid YAML" in proc.stderr
+
+
+def test_validate_config_accepts_the_example_and_no_file() -> None:
+    example = ROOT / "configs" / "example.yaml"
+    cfg = load_agent_config(example, {})
+    assert cfg.cameras[0].id == "front-door" and cfg.recognition.min_score == 80
+    proc = subprocess.run(
+        agent_cmd("--config", str(example), "--validate-config"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert proc.returncode == 0 and "configuration OK" in proc.stdout, proc.stderr
+    proc = subprocess.run(
+        agent_cmd("--config", str(example), "--source", "rtsp://cam.lan/1", "--validate-config"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert proc.returncode == 0 and "1 camera(s)" in proc.stdout
+    override = load_agent_config(example, {}, source="rtsp://cam.lan/1")
+    assert [(c.id, c.resolved_kind) for c in override.cameras] == [("cam0", "stream")]
+    defaults = load_agent_config(None, {"STATE_DIRECTORY": "/var/lib/face-agent"})
+    assert defaults.gallery.path == Path("/var/lib/face-agent/gallery")
+    assert defaults.cameras[0].source == "0" and defaults.publish.mqtt is None
+
+
+def test_run_on_real_video_prints_json_events_and_exits_at_its_end(
+    agent_engine, agent_thresholds, data_dir: Path, tmp_path: Path
+) -> None:
+    state = enrolled_state(agent_engine, data_dir, tmp_path / "state")
+    camera = {
+        "id": "door",
+        "source": str(data_dir / HAMILTON),
+        "realtime": False,
+        "max_fps": 5,
+        "min_face_px": 30,
+    }
+    cfg = write_config(tmp_path / "agent.yaml", state, agent_thresholds, [camera])
+    proc = subprocess.run(
+        agent_cmd("--config", str(cfg)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    known = [x for x in lines if x["topic"].endswith("/cameras/door/recognized")]
+    assert [x["payload"]["person_id"] for x in known] == ["lin-manuel"]
+    assert known[0]["payload"]["user_info"] == '{"badge": 7}' and known[0]["payload"]["far_level"] >= 4
+    assert any(x["topic"].endswith("/cameras/door/unknown") for x in lines)
+    assert "stopped" in proc.stderr
+
+
+def test_notify_protocol_sighup_reload_and_sigterm(
+    agent_engine, agent_thresholds, data_dir: Path, tmp_path: Path
+) -> None:
+    state = enrolled_state(agent_engine, data_dir, tmp_path / "state")
+    folder = tmp_path / "door"
+    folder.mkdir()
+    (folder / "a.png").symlink_to(data_dir / FR / "lin-manuel-miranda.png")
+    # A looping folder at its native 2 images per second: the source never ends, the agent keeps running.
+    camera = {"id": "cam0", "source": str(folder), "loop": True}
+    cfg = write_config(tmp_path / "agent.yaml", state, agent_thresholds, [camera])
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.settimeout(60)
+    proc = subprocess.Popen(
+        agent_cmd("--config", str(cfg)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(NOTIFY_SOCKET=str(notify)),
+    )
+    try:
+        messages = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        line = proc.stdout.readline()
+        event = json.loads(line)
+        assert (
+            event["topic"].endswith("/cameras/cam0/recognized")
+            and event["payload"]["person_id"] == "lin-manuel"
+        )
+        assert proc.poll() is None
+        # SIGHUP: config re-read, cameras and recognition restarted (fresh trackers: the person is new again)
+        proc.send_signal(signal.SIGHUP)
+        while not any("RELOADING=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        ready_count = sum("READY=1" in m for m in messages)
+        while sum("READY=1" in m for m in messages) == ready_count:
+            messages.append(sock.recv(4096).decode())
+        again = json.loads(proc.stdout.readline())
+        assert again["payload"]["person_id"] == "lin-manuel"
+        assert again["payload"]["event_id"] != event["payload"]["event_id"]
+        proc.send_signal(signal.SIGTERM)
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        sock.close()
+    assert any(m.startswith("STATUS=") for m in messages)
+
+
+def test_events_reach_a_real_broker(
+    agent_engine, agent_thresholds, data_dir: Path, tmp_path: Path, mqtt_broker
+) -> None:
+    from test_publish_mqtt import Subscriber
+
+    state = enrolled_state(agent_engine, data_dir, tmp_path / "state")
+    camera = {
+        "id": "door",
+        "source": str(data_dir / HAMILTON),
+        "realtime": False,
+        "max_fps": 5,
+        "min_face_px": 30,
+    }
+    publish = {
+        "device_id": "agent-test",
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_broker.port},
+        "snapshots": True,
+    }
+    path = write_config(tmp_path / "agent.yaml", state, agent_thresholds, [camera], publish=publish)
+    cfg = load_agent_config(path, {})
+    sub = Subscriber(mqtt_broker.port, "face-agent/agent-test/#")
+    app = AgentApp(cfg, {})
+    try:
+        app.start()
+        deadline = time.monotonic() + 90
+        while not app.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert app.finished
+        assert sub.wait_for(lambda m: any(t.endswith("/recognized") for t, _, _ in m), timeout=10)
+        with urllib.request.urlopen(app.health.url + "/readyz", timeout=5) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(app.health.url + "/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert 'face_agent_frames_total{camera="door"} 46.0' in metrics  # 9.2 s clip at 5 fps
+        assert 'face_agent_frames_dropped_total{camera="door",reason="fps_cap"} 229.0' in metrics
+        assert 'face_agent_stage_latency_seconds_count{stage="embed"}' in metrics
+    finally:
+        app.stop()
+        sub.close()
+    recognized = sub.json_on("face-agent/agent-test/cameras/door/recognized")
+    assert [r["person_id"] for r in recognized] == ["lin-manuel"]
+    assert recognized[0]["has_snapshot"] is True and recognized[0]["seq"] >= 1
+    snapshots = sub.on("face-agent/agent-test/cameras/door/snapshot")
+    assert snapshots and snapshots[0][:3] == b"\xff\xd8\xff"
+    assert sub.json_on("face-agent/agent-test/cameras/door/unknown")
+    assert (tmp_path / "state" / "outbox.sqlite3").exists()
