@@ -67,6 +67,7 @@ class AgentApp:
         self.sink: EventSink | None = None
         self.cameras: list[CaptureWorker] = []
         self.pipeline: RecognitionPipeline | None = None
+        self.api = None  # agent.api.server.ApiServer when cfg.api is set
         self._beats: list[Heartbeat] = []
         self._wake = threading.Event()
 
@@ -95,6 +96,8 @@ class AgentApp:
             cfg.publish, [c.id for c in cfg.cameras], stats_provider=self._stats, sw_version=__version__
         )
         self.sink.start()
+        if cfg.api is not None:
+            self._start_api(cfg)
         self._start_cameras(cfg)
         self.status = StatusReporter(self.notifier, self.status_text)
         self.status.start()
@@ -126,6 +129,23 @@ class AgentApp:
             gallery.create_group(group_id=group)
             log.info("created gallery group %r", group)
         return gallery, Matcher(gallery, engine.model_id, scores, cfg.gallery)
+
+    def _start_api(self, cfg: AgentConfig) -> None:
+        """The HTTP API shares the camera loop's engine and gallery (one model, one set of indexes)."""
+        from agent.api import ApiServer, build_context
+        from agent.errors import FatalError
+
+        thresholds = cfg.recognition.cosine_thresholds or self.engine.thresholds
+        api_cfg = (
+            cfg.api
+            if cfg.api.score_thresholds
+            else cfg.api.model_copy(update={"score_thresholds": thresholds})
+        )
+        try:
+            self.api = ApiServer(api_cfg, build_context(api_cfg, self.engine, self.gallery)).start()
+        except OSError as exc:
+            raise FatalError(f"cannot listen on {api_cfg.host}:{api_cfg.port}: {exc}") from exc
+        log.info("HTTP API on %s", self.api.url)
 
     def _beat(self, name: str, max_age_s: float) -> Callable[[], None]:
         beat = self.heartbeats.register(name, max_age_s)
@@ -168,8 +188,8 @@ class AgentApp:
 
     @property
     def finished(self) -> bool:
-        """Every source was finite and is done, and its events are published."""
-        return self.pipeline is not None and self.pipeline.done.is_set()
+        """Every source was finite and is done, and its events are published (an API keeps serving)."""
+        return self.api is None and self.pipeline is not None and self.pipeline.done.is_set()
 
     def status_text(self) -> str:
         if self.pipeline is None:
@@ -224,6 +244,8 @@ class AgentApp:
         timeout = self.cfg.stop_timeout_s
         if self.status is not None:
             self.status.stop()
+        if self.api is not None:
+            self.api.stop(timeout)
         self._stop_cameras(timeout)
         for name, part in (("sink", self.sink), ("gallery", self.gallery)):
             if part is not None:

@@ -142,7 +142,7 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m agent.bench")
     p.add_argument("kind", choices=["engine", "dlib"])
     p.add_argument("--runtime", default="openvino")
-    p.add_argument("--model", default="facenet-casia")
+    p.add_argument("--model", default="dlib-resnet-v1")
     p.add_argument("--precision", default="int8")
     p.add_argument("--detector", default="blazeface-full")
     p.add_argument("--repeats", type=int, default=200)

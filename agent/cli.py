@@ -9,14 +9,14 @@ import os
 import sys
 from pathlib import Path
 
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 
 DEFAULT_DATA = Path(os.environ.get("FACE_AGENT_DATA", Path.cwd().parent / "shared" / "data"))
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=["openvino", "onnxruntime"], default="openvino")
-    p.add_argument("--model", default="facenet-casia", help="embedding model (models/manifest.json)")
+    p.add_argument("--model", default="dlib-resnet-v1", help="embedding model (models/manifest.json)")
     p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     p.add_argument("--detector", choices=["blazeface-full", "blazeface-short"], default="blazeface-full")
 
@@ -27,12 +27,22 @@ def cmd_detect(args: argparse.Namespace) -> int:
     engine = make_engine(None, args.model, args.precision, args.runtime, args.detector)
     for path in args.images:
         faces = engine.analyze(Path(path).read_bytes(), args.max_faces)
-        print(json.dumps({
-            "image": str(path),
-            "model": engine.model_id,
-            "faces": [{"box": f.face.box.as_xywh(), "score": round(f.face.score, 4),
-                       "keypoints": f.face.keypoints.round(1).tolist()} for f in faces],
-        }))
+        print(
+            json.dumps(
+                {
+                    "image": str(path),
+                    "model": engine.model_id,
+                    "faces": [
+                        {
+                            "box": f.face.box.as_xywh(),
+                            "score": round(f.face.score, 4),
+                            "keypoints": f.face.keypoints.round(1).tolist(),
+                        }
+                        for f in faces
+                    ],
+                }
+            )
+        )
     return 0
 
 
@@ -49,23 +59,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """`face-agent run`: the camera agent. Exit 78 (EX_CONFIG) on a bad config: systemd must not restart."""
+    """`face-agent run`: the camera agent. A bad config raises ConfigError: exit 78 (see main)."""
     from agent.config import load_agent_config
-    from agent.errors import ConfigError
 
-    try:
-        cfg = load_agent_config(args.config, os.environ, source=args.source)
-        if args.validate_config:
-            print(f"configuration OK: {len(cfg.cameras)} camera(s), group {cfg.recognition.group_id!r}")
-            return 0
-        from agent.app import run_agent
+    cfg = load_agent_config(args.config, os.environ, source=args.source)
+    if args.validate_config:
+        print(f"configuration OK: {len(cfg.cameras)} camera(s), group {cfg.recognition.group_id!r}")
+        return 0
+    from agent.app import run_agent
 
-        for handler in list(logging.getLogger().handlers):  # run_agent installs its own (journal-aware)
-            logging.getLogger().removeHandler(handler)
-        return run_agent(cfg, os.environ, config_path=args.config, source=args.source)
-    except ConfigError as exc:
-        print(f"face-agent: configuration error: {exc.message}", file=sys.stderr)
-        return 78
+    for handler in list(logging.getLogger().handlers):  # run_agent installs its own (journal-aware)
+        logging.getLogger().removeHandler(handler)
+    return run_agent(cfg, os.environ, config_path=args.config, source=args.source)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,9 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--runtimes", nargs="+", default=["openvino", "onnxruntime"])
     e.add_argument("--detector", default="blazeface-full")
     e.add_argument("--out", type=Path, default=Path("eval-results"), help="folder for JSON and ROC PNG")
-    e.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "face-agent" / "eval",
-                   help="embedding cache, keyed by model file, runtime, detector and alignment")
-    e.add_argument("--baseline-dlib", action="store_true", help="also score the dlib face_recognition pipeline")
+    e.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "face-agent" / "eval",
+        help="embedding cache, keyed by model file, runtime, detector and alignment",
+    )
+    e.add_argument(
+        "--baseline-dlib", action="store_true", help="also score the dlib face_recognition pipeline"
+    )
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="latency of detection and embedding per runtime and precision")
@@ -108,15 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-dlib", action="store_true", help="skip the dlib baseline")
     b.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     b.set_defaults(func=cmd_bench)
+
+    from agent import doctor, erase  # install checks and complete erasure of one person (issue 7)
+
+    doctor.add_parser(sub)
+    erase.add_parser(sub)
+
+    from agent.cli_tools import add_tool_commands  # enroll, gallery, serve (issue 4); handlers import lazily
+
+    add_tool_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
+    except ConfigError as exc:  # 78 = EX_CONFIG: systemd's RestartPreventExitStatus stops a restart loop
+        print(f"face-agent: configuration error: {exc.message}", file=sys.stderr)
+        return 78
     except AgentError as exc:
         print(f"face-agent: error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2

@@ -5,12 +5,20 @@ Each part receives only its own slice (e.g. the engine gets `EngineConfig`), nev
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.api.config import ApiConfig
 from agent.errors import ConfigError
+from agent.gallery.config import GalleryConfig
+from agent.log import LogConfig
+from agent.metrics_config import MetricsConfig
+from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig
 
 
 class Strict(BaseModel):
@@ -67,7 +75,11 @@ class DetectorConfig(Strict):
 
 
 class EmbedderConfig(Strict):
-    model: str = Field("facenet-casia", description="embedding model name from models/manifest.json")
+    model: str = Field(
+        "dlib-resnet-v1",
+        description="embedding model from models/manifest.json: dlib-resnet-v1 (public domain, the "
+        "default) or facenet-casia (weights under CASIA-WebFace's research / non-commercial terms)",
+    )
     precision: Literal["int8", "fp32"] = Field("int8", description="model variant")
     max_batch: int = Field(8, ge=1, le=64, description="faces per inference call")
 
@@ -107,19 +119,8 @@ def parse_model(cls: type[Strict], data: object, source: str = "config") -> Stri
 
 # ------------------------------------------------------------------------------------------------------------
 # Camera agent (`face-agent run`): cameras, recognition and the top-level AgentConfig composing every slice.
-# Owned by the capture/pipeline work; the sections above belong to the engine.
 # ------------------------------------------------------------------------------------------------------------
 
-import os  # noqa: E402  (kept inside this section so the engine part above stays untouched)
-import re  # noqa: E402
-from collections.abc import Mapping  # noqa: E402
-
-from pydantic import field_validator, model_validator  # noqa: E402
-
-from agent.gallery.config import GalleryConfig  # noqa: E402
-from agent.log import LogConfig  # noqa: E402
-from agent.metrics_config import MetricsConfig  # noqa: E402
-from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig  # noqa: E402
 
 SourceKind = Literal["auto", "device", "stream", "file", "folder", "gstreamer"]
 _STREAM_RE = re.compile(r"^(rtsps?|rtmp|https?|udp|tcp)://", re.IGNORECASE)
@@ -276,6 +277,11 @@ class AgentConfig(Strict):
         default_factory=lambda: [CameraConfig()], min_length=1, max_length=16, description="camera list"
     )
     recognition: RecognitionConfig = Field(default_factory=RecognitionConfig)
+    api: ApiConfig | None = Field(
+        None,
+        description="HTTP API (native + cloud-compatible endpoints) served by `run` beside the cameras, "
+        "sharing their engine and gallery; absent: no API",
+    )
     stop_timeout_s: float = Field(10.0, gt=0, le=300, description="bound of a clean shutdown")
 
     @model_validator(mode="before")

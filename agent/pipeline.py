@@ -341,7 +341,11 @@ class RecognitionPipeline:
         if self._gate is None:
             return fallback_weight(face), True, None, None
         measure, evaluate = self._gate
-        measures = measure(pixels, face)
+        try:
+            measures = measure(pixels, face)
+        except AgentError as exc:  # a face the gate cannot measure cannot be trusted to decide either
+            log.debug("quality gate refused a face: %s", exc)
+            return fallback_weight(face), False, None, None
         level, score = "NONE", None
         for candidate in QUALITY_ORDER:
             report = evaluate(measures, candidate)

@@ -27,20 +27,15 @@ def models_dir() -> Path:
     return ROOT / "models"
 
 
-# -- camera agent (tests/test_pipeline.py, tests/test_app_run.py) -------------------------------------------
-
-# Used only while models/manifest.json carries no calibrated thresholds for the test engine: cosine at FAR
-# 1e-3/1e-4/1e-5 measured with agent/evaluation/calibrate.py (lfw-devtrain impostor pairs) for
-# facenet-casia fp32 on OpenVINO. The manifest's values win once scripts/build_models.py writes them.
-FACENET_FP32_FALLBACK_THRESHOLDS = {"1e-3": 0.57934, "1e-4": 0.65806, "1e-5": 0.71839, "1e-6": 0.77171}
+# -- the shared engine (camera agent, enrolment, API tests) -----------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def agent_engine_config():
-    """The engine the camera-agent tests use. fp32: the int8 facenet variant is not built yet."""
-    from agent.config import EmbedderConfig, EngineConfig
+    """The engine the tests share: the shipped defaults (INT8 dlib ResNet, BlazeFace full range, OpenVINO)."""
+    from agent.config import EngineConfig
 
-    return EngineConfig(embedder=EmbedderConfig(precision="fp32"))
+    return EngineConfig()
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +47,8 @@ def agent_engine(agent_engine_config):
 
 @pytest.fixture(scope="session")
 def agent_thresholds(agent_engine) -> dict[str, float]:
-    return dict(agent_engine.thresholds) or dict(FACENET_FP32_FALLBACK_THRESHOLDS)
+    assert agent_engine.thresholds, "the model manifest has no calibrated thresholds for the default model"
+    return dict(agent_engine.thresholds)
 
 
 @pytest.fixture(scope="session")

@@ -17,14 +17,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from agent.api import ApiConfig, ApiServer, build_context, native_header
-from agent.config import EmbedderConfig, EngineConfig
-from agent.errors import ModelError
+from agent.config import EngineConfig
 from agent.gallery import Gallery, GalleryConfig
 from agent.inference.engine import FaceEngine
-
-# Provisional cosine thresholds, used only while the model manifest has none (facenet-casia is not
-# calibrated yet); the API itself refuses to start without thresholds.
-TEST_THRESHOLDS = {"1e-3": 0.48, "1e-4": 0.55, "1e-5": 0.62}
 
 FR = "faces/face_recognition/examples"
 OBAMA = f"{FR}/knn_examples/train/obama/obama.jpg"
@@ -43,10 +38,7 @@ DISABLED_KEY, NATIVE_ONLY_KEY, JD_ONLY_KEY = "disabled-key", "native-only", "jd-
 @functools.cache
 def shared_engine() -> FaceEngine:
     """One engine for the whole session (module-level cache: several test modules use it)."""
-    try:
-        return FaceEngine(EngineConfig())
-    except ModelError:  # the INT8 embedder is not built yet
-        return FaceEngine(EngineConfig(embedder=EmbedderConfig(precision="fp32")))
+    return FaceEngine(EngineConfig())
 
 
 def read(data_dir: Path, rel: str) -> bytes:
@@ -69,10 +61,7 @@ def api_config(tmp: Path, **overrides: Any) -> ApiConfig:
         path = tmp / f"{key}.secret"
         path.write_text(secret + "\n")
         creds.append({"key": key, "secret_file": str(path), **extra})
-    engine = shared_engine()
     base: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "credentials": creds}
-    if len(engine.thresholds) < 3:
-        base["score_thresholds"] = TEST_THRESHOLDS
     base.update(overrides)
     return ApiConfig.model_validate(base)
 

@@ -38,7 +38,6 @@ def enrolled_state(engine, data_dir: Path, state: Path) -> Path:
 def write_config(path: Path, state: Path, thresholds: dict, cameras: list[dict], **extra) -> Path:
     cfg = {
         "state_dir": str(state),
-        "engine": {"embedder": {"precision": "fp32"}},
         "metrics": {"port": 0},
         "log": {"level": "INFO", "format": "text"},
         "recognition": {"group_id": "door", "cosine_thresholds": thresholds, "create_group": False},

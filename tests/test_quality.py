@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import EmbedderConfig, EngineConfig, OpenVINORuntimeConfig
-from agent.errors import InputError, ModelError
+from agent.config import EngineConfig, OpenVINORuntimeConfig
+from agent.errors import InputError
 from agent.gates import (
     FACE_MODEL_3D,
     QUALITY_LEVELS,
@@ -34,12 +34,7 @@ ANCHORS = {"LOW": 0.25, "NORMAL": 0.5, "HIGH": 0.75}
 
 @pytest.fixture(scope="module")
 def engine() -> FaceEngine:
-    try:
-        return FaceEngine(EngineConfig(runtime=OpenVINORuntimeConfig()))
-    except ModelError:  # the int8 embedder may not be built yet; the gate only needs the detector
-        return FaceEngine(
-            EngineConfig(runtime=OpenVINORuntimeConfig(), embedder=EmbedderConfig(precision="fp32"))
-        )
+    return FaceEngine(EngineConfig(runtime=OpenVINORuntimeConfig()))
 
 
 @pytest.fixture(scope="module")

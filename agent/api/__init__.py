@@ -8,19 +8,27 @@ Typical wiring::
     server.stop()
 """
 
-from agent.api.auth import Authenticator, native_header, native_signature
-from agent.api.config import ApiConfig, ApiCredential, load_secrets
-from agent.api.openapi import openapi_document
-from agent.api.server import ApiServer, build_context
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "ApiConfig",
-    "ApiCredential",
-    "ApiServer",
-    "Authenticator",
-    "build_context",
-    "load_secrets",
-    "native_header",
-    "native_signature",
-    "openapi_document",
-]
+# Submodules load on first use: agent.config imports agent.api.config, and the server side imports
+# agent.config in turn (image limits), so nothing here may import eagerly.
+_EXPORTS = {
+    "Authenticator": "agent.api.auth",
+    "native_header": "agent.api.auth",
+    "native_signature": "agent.api.auth",
+    "ApiConfig": "agent.api.config",
+    "ApiCredential": "agent.api.config",
+    "load_secrets": "agent.api.config",
+    "openapi_document": "agent.api.openapi",
+    "ApiServer": "agent.api.server",
+    "build_context": "agent.api.server",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'agent.api' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

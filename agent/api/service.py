@@ -1,12 +1,10 @@
 """What the API families share at run time: the engine behind its gate, the gallery and matcher, the score
-map, the quality gate (imported lazily: it is optional until installed) and the face_token cache."""
+map, the quality gate and the face_token cache."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import cv2
@@ -16,6 +14,14 @@ from agent.api.auth import Authenticator
 from agent.api.common import ApiError, EngineGate, TokenCache
 from agent.api.config import ApiConfig
 from agent.gallery import Gallery, Matcher, NewFace, ScoreMap
+from agent.gates.quality import (
+    QualityMeasures,
+    evaluate_quality,
+    is_valid_posture,
+    jd_blur_score,
+    measure_quality,
+    posture,
+)
 from agent.types import Face, FaceEmbedding, Image
 
 log = logging.getLogger(__name__)
@@ -24,57 +30,29 @@ LEVELS = ("NONE", "LOW", "NORMAL", "HIGH")
 
 
 class QualityGate:
-    """Adapter over agent.gates.quality, imported on first use so the API runs (with quality control
-    refused) on an install without it."""
+    """The quality gate (agent.gates.quality) as the API families use it."""
 
-    def __init__(self, module_name: str = "agent.gates.quality") -> None:
-        self._name = module_name
-        self._module: ModuleType | None = None
-        self._missing: str | None = None
+    available = True
 
-    def _mod(self) -> ModuleType:
-        if self._module is None and self._missing is None:
-            try:
-                self._module = importlib.import_module(self._name)
-            except ImportError as exc:
-                self._missing = str(exc)
-                log.warning("quality gate unavailable: %s", exc)
-        if self._module is None:
-            raise ApiError("quality_unavailable", f"the quality gate is not installed ({self._missing})")
-        return self._module
+    def measure(self, image: Image, face: Face) -> QualityMeasures:
+        return measure_quality(image.pixels, face)
 
-    @property
-    def available(self) -> bool:
-        try:
-            self._mod()
-        except ApiError:
-            return False
-        return True
-
-    def _fn(self, name: str) -> Any:
-        fn = getattr(self._mod(), name, None)
-        if fn is None:
-            raise ApiError("quality_unavailable", f"the quality gate has no {name}() yet")
-        return fn
-
-    def measure(self, image: Image, face: Face) -> Any:
-        return self._fn("measure_quality")(image.pixels, face)
-
-    def reasons(self, measures: Any, level: str) -> list[str]:
+    def reasons(self, measures: QualityMeasures, level: str) -> list[str]:
         """Why the face fails `level` (empty: it passes). NONE never fails."""
-        if level == "NONE":
-            return []
-        return list(self._fn("evaluate_quality")(measures, level).reasons)
+        return list(evaluate_quality(measures, level).reasons)
 
-    def posture(self, measures: Any) -> dict[str, float]:
-        return dict(self._fn("posture")(measures))
+    def score(self, measures: QualityMeasures) -> float:
+        return evaluate_quality(measures, "NONE").score
 
-    def valid_posture(self, measures: Any, level: str = "NORMAL") -> bool:
-        return bool(self._fn("is_valid_posture")(measures, level))
+    def posture(self, measures: QualityMeasures) -> dict[str, float]:
+        return dict(posture(measures))
 
-    def jd_blur_score(self, measures: Any) -> float:
+    def valid_posture(self, measures: QualityMeasures, level: str = "NORMAL") -> bool:
+        return bool(is_valid_posture(measures, level))
+
+    def jd_blur_score(self, measures: QualityMeasures) -> float:
         """JD's blurScore: higher = sharper (the gate's blur_score is higher = blurrier)."""
-        return float(self._fn("jd_blur_score")(measures))
+        return float(jd_blur_score(measures))
 
 
 @dataclass
@@ -133,12 +111,11 @@ class ApiContext:
         if not faces:
             raise ApiError("no_face", "no face detected in the image")
         emb = faces[0]
-        quality = None
-        if quality_level != "NONE":
-            measures = self.measure(image, emb.face)
-            failed = self.quality.reasons(measures, quality_level)
-            if failed:
-                raise ApiError("quality_failed", f"face quality below {quality_level}: {', '.join(failed)}")
+        measures = self.measure(image, emb.face)
+        failed = self.quality.reasons(measures, quality_level)
+        if failed:
+            raise ApiError("quality_failed", f"face quality below {quality_level}: {', '.join(failed)}")
+        quality = self.quality.score(measures)
         thumb = _thumbnail(emb.chip, self.gallery.config.max_thumbnail_bytes)
         record = self.gallery.add_faces(
             group_id, [NewFace(outer_id, emb.vector, self.model_id, quality, user_info, thumb)]

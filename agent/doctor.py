@@ -1,0 +1,488 @@
+"""`face-agent doctor`: one line per check of the things an install needs, each with a fix hint.
+
+Every check is a small function returning a `Check` (OK, WARN or FAIL, what was seen, how to fix it), so the
+installer, the CLI and the tests run exactly the same code. Every blocking step has a timeout: a camera
+driver that hangs in open() or a broker behind a black-holing firewall costs seconds, not the whole run.
+Exit code: 0 when everything is OK, 1 when the worst result is a WARN, 2 when anything FAILs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import shutil
+import socket
+import stat
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.config import EngineConfig, OnnxRuntimeConfig, OpenVINORuntimeConfig
+from agent.errors import ModelError
+
+Status = Literal["OK", "WARN", "FAIL"]
+_RANK = {"OK": 0, "WARN": 1, "FAIL": 2}
+_MIN_YEAR = 2025  # no release of this agent predates it: an earlier clock has not been set (no RTC, no NTP)
+_MAX_STATE_FILES = 10_000  # the permission walk stops there: a state dir is a handful of files
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    message: str
+    fix: str = ""
+
+
+class DoctorConfig(BaseModel):
+    """What `doctor` checks besides the agent config: timeouts, disk thresholds, endpoints given as flags."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float = Field(3.0, gt=0, le=60, description="TCP connect timeout per broker / hub check.")
+    camera_timeout_s: float = Field(5.0, gt=0, le=60, description="How long one camera may take to open.")
+    min_free_mb: int = Field(200, ge=1, le=10**7, description="FAIL below this much free space (MiB).")
+    warn_free_mb: int = Field(1024, ge=1, le=10**7, description="WARN below this much free space (MiB).")
+    broker: str | None = Field(None, description="host:port of the MQTT broker; overrides the config.")
+    hub_url: str | None = Field(None, description="URL of the cloud hub / face-group API (TCP check only).")
+    check_cameras: bool = Field(True, description="Open the configured / present video devices.")
+
+
+# -- runtimes and models -------------------------------------------------------------------------------------
+
+
+def _unavailable(entries: Sequence[str]) -> str | None:
+    """available_devices() reports a missing runtime as one 'unavailable: ...' entry."""
+    return entries[0] if len(entries) == 1 and entries[0].startswith("unavailable") else None
+
+
+def check_runtimes(devices: dict[str, list[str]], engine: EngineConfig) -> Check:
+    """The configured runtime is installed and offers the configured device / providers."""
+    seen = "; ".join(f"{rt}: {', '.join(devs) or 'none'}" for rt, devs in devices.items())
+    rt = engine.runtime
+    if isinstance(rt, OpenVINORuntimeConfig):
+        have = devices.get("openvino", [])
+        if _unavailable(have):
+            return Check(
+                "runtimes", "FAIL", seen, "pip install openvino, or set engine.runtime.kind: onnxruntime"
+            )
+        wanted = rt.device.split(":", 1)[1].split(",") if ":" in rt.device else [rt.device]
+        bases = {d.split(".")[0] for d in have}
+        missing = [d for d in wanted if d not in ("AUTO", "MULTI", "HETERO") and d.split(".")[0] not in bases]
+        if missing:
+            return Check(
+                "runtimes",
+                "FAIL",
+                f"OpenVINO device {', '.join(missing)} not found ({seen})",
+                "GPU: install intel-opencl-icd and add the user to 'render'; NPU: install the "
+                "linux-npu-driver and check /dev/accel/accel0 (docs/platforms.md); or use device: CPU",
+            )
+        return Check("runtimes", "OK", f"openvino {rt.device} available ({seen})")
+    assert isinstance(rt, OnnxRuntimeConfig)
+    have = devices.get("onnxruntime", [])
+    if _unavailable(have):
+        return Check(
+            "runtimes", "FAIL", seen, "pip install onnxruntime (onnxruntime-gpu on Jetson, docs/platforms.md)"
+        )
+    missing = [p for p in rt.providers if p not in have]
+    if missing:
+        return Check(
+            "runtimes",
+            "FAIL",
+            f"onnxruntime providers {', '.join(missing)} not available ({seen})",
+            "CUDA/TensorRT providers need onnxruntime-gpu built for this JetPack (docs/platforms.md); "
+            "or list only CPUExecutionProvider",
+        )
+    return Check("runtimes", "OK", f"onnxruntime {', '.join(rt.providers)} available ({seen})")
+
+
+def _is_file_problem(exc: ModelError) -> bool:
+    # Manifest.info raises ModelError both for a missing/corrupt file ("model file ...") and for a variant
+    # the runtime cannot use at all (e.g. an OpenVINO-only variant asked for onnxruntime): only the first
+    # is a defect of the install.
+    return str(exc).startswith("model file ")
+
+
+def check_models(models_dir: Path | None) -> Check:
+    """Every file listed in the manifest exists and matches its sha256."""
+    from agent.inference.manifest import Manifest
+
+    try:
+        manifest = Manifest(models_dir)
+    except ModelError as exc:
+        return Check(
+            "models", "FAIL", exc.message, "reinstall (scripts/install.sh copies models/) or fix --models-dir"
+        )
+    files: set[Path] = set()
+    problems: list[str] = []
+    for name in manifest.names():
+        for variant in manifest.variants(name):
+            for runtime in ("openvino", "onnxruntime"):
+                try:
+                    got = manifest.info(name, variant, runtime, verify=True).files
+                except ModelError as exc:
+                    if _is_file_problem(exc) and exc.message not in problems:
+                        problems.append(exc.message)
+                    continue
+                files.update(p for p in (got.model, got.weights, got.onnx) if p is not None)
+    if problems:
+        return Check(
+            "models",
+            "FAIL",
+            f"{len(problems)} bad model file(s): {problems[0]}",
+            f"restore {manifest.dir} from the release (rerun scripts/install.sh) or rebuild with "
+            "scripts/build_models.py",
+        )
+    return Check("models", "OK", f"{len(files)} files in {manifest.dir} match their sha256")
+
+
+def check_engine_models(engine: EngineConfig) -> Check:
+    """The detector and embedder the config selects exist for its runtime (and verify)."""
+    from agent.inference.manifest import Manifest
+
+    runtime = engine.runtime.kind
+    wanted = [(engine.detector.model, "fp32"), (engine.embedder.model, engine.embedder.precision)]
+    try:
+        manifest = Manifest(engine.models_dir)
+        for name, variant in wanted:
+            manifest.info(name, variant, runtime, verify=engine.verify_checksums)
+    except ModelError as exc:
+        return Check(
+            "engine-models",
+            "FAIL",
+            exc.message,
+            "choose a model/precision listed by models/manifest.json (e.g. engine.embedder.precision: fp32)",
+        )
+    ids = ", ".join(f"{n}/{v}" for n, v in wanted)
+    return Check("engine-models", "OK", f"{ids} ready for {runtime}")
+
+
+# -- cameras -------------------------------------------------------------------------------------------------
+
+
+def _open_video(path: str, timeout_s: float) -> str | None:
+    """None when cv2 opens the device within the timeout, else why not. Runs in a daemon thread because
+    a wedged V4L2 driver can block open() forever; such a thread is abandoned, not waited for."""
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            import cv2
+
+            cap = cv2.VideoCapture(path, cv2.CAP_V4L2)
+            try:
+                result.append(None if cap.isOpened() else "cv2 could not open it")
+            finally:
+                cap.release()
+        except Exception as exc:  # any driver / binding error is the answer, not a crash of doctor
+            result.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=probe, name=f"doctor-open-{path}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not result:
+        return f"did not open within {timeout_s:g} s"
+    return result[0]
+
+
+def _device_path(source: str) -> str:
+    return f"/dev/video{source.strip()}" if source.strip().isdigit() else source
+
+
+def check_cameras(
+    device_sources: Sequence[str] | None, timeout_s: float, pattern: str = "/dev/video*"
+) -> Check:
+    """Configured device cameras must open; without a config, at least one present device should."""
+    if device_sources is not None and not device_sources:
+        return Check("cameras", "OK", "no device cameras configured (streams/files only)")
+    explicit = device_sources is not None
+    paths = [_device_path(s) for s in device_sources] if explicit else sorted(glob.glob(pattern))
+    if not paths:
+        return Check(
+            "cameras",
+            "WARN",
+            f"no video devices match {pattern}",
+            "plug in a USB camera, or enable the CSI camera (Pi: libcamera; Jetson: nvarguscamerasrc source)",
+        )
+    failed: dict[str, str] = {}
+    for path in paths:
+        if not os.path.exists(path):
+            failed[path] = "missing"
+        elif not os.access(path, os.R_OK | os.W_OK):
+            failed[path] = "permission denied"
+        elif (why := _open_video(path, timeout_s)) is not None:
+            failed[path] = why
+    opened = [p for p in paths if p not in failed]
+    detail = "; ".join(f"{p}: {why}" for p, why in failed.items())
+    fix = "add the service user to group 'video' (ls -l /dev/video*), check the cable, dmesg | tail"
+    if explicit and failed:
+        return Check("cameras", "FAIL", f"configured camera(s) not usable: {detail}", fix)
+    if not opened:
+        return Check("cameras", "FAIL", f"no video device opens: {detail}", fix)
+    # UVC cameras also expose metadata nodes that never open as capture devices: not an error on their own.
+    note = f" (not openable: {detail})" if failed else ""
+    return Check("cameras", "OK", f"opened {', '.join(opened)}{note}")
+
+
+# -- network -------------------------------------------------------------------------------------------------
+
+
+def check_tcp(name: str, host: str, port: int, timeout_s: float, fix: str) -> Check:
+    """A TCP connection to host:port succeeds within the timeout (no protocol spoken)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        return Check(name, "FAIL", f"{host}:{port} not reachable: {reason}", fix)
+    return Check(name, "OK", f"{host}:{port} reachable")
+
+
+def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """'host', 'host:port' or '[v6]:port'. ValueError on a bad port."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":") or str(default_port)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, str(default_port)
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host[:port], got {text!r}")
+    return host, int(port)
+
+
+def hub_address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"hub URL must be http(s)://host[:port]/..., got {url!r}")
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+# -- disk, clock, permissions --------------------------------------------------------------------------------
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(state_dir: Path, min_free_mb: int, warn_free_mb: int) -> Check:
+    where = _existing_parent(state_dir)
+    free_mb = shutil.disk_usage(where).free // (1024 * 1024)
+    msg = f"{free_mb} MiB free on the file system of {where}"
+    fix = "free space (journalctl --vacuum-size=100M, old recordings), or move state_dir to a larger disk"
+    if free_mb < min_free_mb:
+        return Check("disk", "FAIL", msg + f" (< {min_free_mb} MiB)", fix)
+    if free_mb < warn_free_mb:
+        return Check("disk", "WARN", msg + f" (< {warn_free_mb} MiB)", fix)
+    return Check("disk", "OK", msg)
+
+
+def check_clock(now: dt.datetime | None = None) -> Check:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    text = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if now.year < _MIN_YEAR:
+        return Check(
+            "clock",
+            "FAIL",
+            f"system clock says {text}: not set",
+            "enable NTP (timedatectl set-ntp true) and let it sync; boards without an RTC boot in the past",
+        )
+    return Check("clock", "OK", f"UTC {text}")
+
+
+def check_state_permissions(state_dir: Path, uid: int | None = None) -> Check:
+    """The state dir (gallery embeddings, thumbnails, outbox) is 0700, owned by us, and no file inside is
+    group- or world-accessible: biometric data at rest is for the service user only."""
+    uid = os.geteuid() if uid is None else uid
+    if not state_dir.exists():
+        return Check(
+            "state-permissions",
+            "WARN",
+            f"{state_dir} does not exist yet",
+            "created on first start (systemd StateDirectory=, mode 0700) or by scripts/install.sh",
+        )
+    st = state_dir.stat()
+    if st.st_uid != uid:
+        return Check(
+            "state-permissions",
+            "FAIL" if uid != 0 else "WARN",
+            f"{state_dir} is owned by uid {st.st_uid}, doctor runs as uid {uid}",
+            "run doctor as the service user (sudo -u face-agent face-agent doctor ...) or "
+            f"chown -R face-agent: {state_dir}",
+        )
+    loose = [str(state_dir)] if stat.S_IMODE(st.st_mode) != 0o700 else []
+    for i, path in enumerate(state_dir.rglob("*")):
+        if i >= _MAX_STATE_FILES:
+            break
+        try:
+            mode = path.lstat().st_mode
+        except OSError:  # vanished meanwhile (a WAL file being checkpointed)
+            continue
+        if stat.S_IMODE(mode) & 0o077 and not stat.S_ISLNK(mode):
+            loose.append(str(path))
+    if loose:
+        shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+        return Check(
+            "state-permissions",
+            "FAIL",
+            f"group/other can reach biometric state: {shown}",
+            f"chmod 0700 {state_dir} && chmod -R go-rwx {state_dir} (the unit's UMask=0077 keeps it so)",
+        )
+    return Check("state-permissions", "OK", f"{state_dir} is 0700 and private to uid {uid}")
+
+
+# -- running everything --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DoctorTargets:
+    """What to check, resolved from the agent config and the flags."""
+
+    engine: EngineConfig
+    state_dir: Path
+    broker: tuple[str, int] | None
+    hub: tuple[str, int] | None
+    camera_devices: list[str] | None  # None: probe every /dev/video*
+
+
+def run_checks(
+    targets: DoctorTargets,
+    cfg: DoctorConfig,
+    *,
+    devices: Callable[[], dict[str, list[str]]] | None = None,
+) -> list[Check]:
+    if devices is None:
+        from agent.inference.runtime import available_devices as devices
+    checks = [
+        check_runtimes(devices(), targets.engine),
+        check_models(targets.engine.models_dir),
+        check_engine_models(targets.engine),
+    ]
+    if cfg.check_cameras:
+        checks.append(check_cameras(targets.camera_devices, cfg.camera_timeout_s))
+    if targets.broker is None:
+        checks.append(Check("broker", "OK", "no MQTT broker configured (events go to stdout / a file)"))
+    else:
+        fix = "check publish.mqtt.host/port, that the broker runs (systemctl status mosquitto) and firewalls"
+        checks.append(check_tcp("broker", *targets.broker, cfg.timeout_s, fix))
+    if targets.hub is not None:
+        fix = "check the hub URL, DNS (getent hosts HOST), the uplink and any proxy / firewall"
+        checks.append(check_tcp("hub", *targets.hub, cfg.timeout_s, fix))
+    checks.append(check_disk(targets.state_dir, cfg.min_free_mb, cfg.warn_free_mb))
+    checks.append(check_clock())
+    checks.append(check_state_permissions(targets.state_dir))
+    return checks
+
+
+def exit_code(checks: Sequence[Check]) -> int:
+    return max((_RANK[c.status] for c in checks), default=0)
+
+
+def render_text(checks: Sequence[Check]) -> str:
+    width = max((len(c.name) for c in checks), default=0)
+    lines = []
+    for c in checks:
+        line = f"{c.status:<4} {c.name:<{width}}  {c.message}"
+        lines.append(line + (f"  -> fix: {c.fix}" if c.fix and c.status != "OK" else ""))
+    return "\n".join(lines)
+
+
+def render_json(checks: Sequence[Check]) -> str:
+    code = exit_code(checks)
+    worst = next(s for s, r in _RANK.items() if r == code)
+    return json.dumps({"status": worst, "exit_code": code, "checks": [asdict(c) for c in checks]}, indent=2)
+
+
+# -- command line --------------------------------------------------------------------------------------------
+
+
+def resolve_targets(
+    config_path: Path | None,
+    environ: dict[str, str],
+    cfg: DoctorConfig,
+    *,
+    state_dir: Path | None = None,
+    models_dir: Path | None = None,
+) -> tuple[DoctorTargets, Check]:
+    """Read the agent config (a broken one is itself a FAIL line; defaults are checked instead)."""
+    from agent.config import load_agent_config
+    from agent.errors import ConfigError
+
+    try:
+        agent_cfg = load_agent_config(config_path, environ)
+        config_check = Check(
+            "config", "OK", f"{config_path} is valid" if config_path else "built-in defaults"
+        )
+    except ConfigError as exc:
+        agent_cfg = load_agent_config(None, environ)
+        config_check = Check(
+            "config",
+            "FAIL",
+            exc.message.replace("\n", " "),
+            f"fix the file, then: face-agent run --config {config_path} --validate-config",
+        )
+    engine = agent_cfg.engine
+    if models_dir is not None:
+        engine = engine.model_copy(update={"models_dir": models_dir})
+    mqtt = agent_cfg.publish.mqtt
+    broker = parse_host_port(cfg.broker, 1883) if cfg.broker else (mqtt.host, mqtt.port) if mqtt else None
+    devices = [c.source for c in agent_cfg.cameras if c.resolved_kind == "device"] if config_path else None
+    targets = DoctorTargets(
+        engine=engine,
+        state_dir=state_dir or agent_cfg.state_dir,
+        broker=broker,
+        hub=hub_address(cfg.hub_url) if cfg.hub_url else None,
+        camera_devices=devices,
+    )
+    return targets, config_check
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent.errors import ConfigError
+
+    try:
+        cfg = DoctorConfig(
+            timeout_s=args.timeout,
+            camera_timeout_s=args.camera_timeout,
+            min_free_mb=args.min_free_mb,
+            broker=args.broker,
+            hub_url=args.hub_url,
+            check_cameras=not args.no_cameras,
+        )
+        targets, config_check = resolve_targets(
+            args.config, dict(os.environ), cfg, state_dir=args.state_dir, models_dir=args.models_dir
+        )
+    except ValueError as exc:  # a bad flag (pydantic's ValidationError is a ValueError too)
+        raise ConfigError(f"doctor: {exc}") from exc
+    checks = [config_check, *run_checks(targets, cfg)]
+    print(render_json(checks) if args.json else render_text(checks))
+    return exit_code(checks)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser(
+        "doctor", help="check runtimes, models, cameras, broker, hub, disk, clock, permissions"
+    )
+    d.add_argument("--config", type=Path, default=None, help="agent YAML config (default: built-in defaults)")
+    d.add_argument("--state-dir", type=Path, default=None, help="overrides the config's state_dir")
+    d.add_argument("--models-dir", type=Path, default=None, help="overrides engine.models_dir")
+    d.add_argument("--broker", default=None, help="MQTT broker host[:port] (overrides publish.mqtt)")
+    d.add_argument("--hub-url", default=None, help="cloud hub / face-group API URL to reach over TCP")
+    d.add_argument("--timeout", type=float, default=3.0, help="TCP connect timeout, seconds")
+    d.add_argument("--camera-timeout", type=float, default=5.0, help="seconds one camera may take to open")
+    d.add_argument("--min-free-mb", type=int, default=200, help="FAIL below this much free disk space")
+    d.add_argument("--no-cameras", action="store_true", help="skip opening cameras (e.g. while in use)")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_doctor)

@@ -1,0 +1,191 @@
+"""`face-agent serve`: the HTTP API alone (no cameras), and the config the offline tools share.
+
+`ServeConfig` holds the slices `serve`, `enroll` and `gallery` need: engine, gallery, API, logging. It is read
+from the same YAML file as `face-agent run`; the sections only `run` uses (cameras, recognition, publish,
+metrics) may be present and are ignored here, anything else unknown is an error.
+
+Start order: logging -> engine (warm-up) -> gallery (indexes loaded) -> API context (FAR thresholds) -> HTTP
+server -> READY=1. Stop (SIGTERM/SIGINT): STOPPING=1 -> HTTP server -> gallery (indexes saved) -> exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.api.config import ApiConfig
+from agent.config import EngineConfig, default_state_dir, parse_model
+from agent.errors import ConfigError, FatalError
+from agent.gallery.config import GalleryConfig
+from agent.log import LogConfig
+
+log = logging.getLogger("agent.serve")
+
+# Top-level sections of the shared YAML file that belong to `face-agent run` only.
+RUN_ONLY_SECTIONS = frozenset({"cameras", "recognition", "publish", "metrics"})
+
+
+class ServeConfig(BaseModel):
+    """What `face-agent serve` (and the enroll / gallery tools) read from the config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state_dir: Path = Field(Path("state"), description="the gallery lives here unless gallery.path is set")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="detector/embedder/runtime")
+    gallery: GalleryConfig = Field(description="local gallery; path defaults to <state_dir>/gallery")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API: address, credentials, bounds")
+    log: LogConfig = Field(default_factory=LogConfig, description="log level and format")
+    stop_timeout_s: float = Field(10.0, gt=0, le=300, description="bound of each step of a clean shutdown")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gallery_path(cls, data: object) -> object:
+        if isinstance(data, dict):
+            gallery = data.get("gallery") or {}
+            if isinstance(gallery, dict) and "path" not in gallery:
+                state = Path(data.get("state_dir") or "state")
+                data = {**data, "gallery": {**gallery, "path": state / "gallery"}}
+        return data
+
+
+def _set(tree: dict[str, Any], dotted: str, value: object) -> None:
+    """tree['a']['b'] = value for 'a.b', creating the dicts on the way."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        child = node.get(key)
+        node[key] = child = dict(child) if isinstance(child, dict) else {}
+        node = child
+    node[leaf] = value
+
+
+def load_serve_config(
+    path: Path | None, environ: Mapping[str, str], overrides: Mapping[str, object] | None = None
+) -> ServeConfig:
+    """Read the YAML file (None: defaults), apply dotted-key overrides from flags (None values skipped),
+    default the state directory to $STATE_DIRECTORY or ./state. Every problem is one ConfigError."""
+    import yaml  # CLI path only
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = {k: v for k, v in raw.items() if k not in RUN_ONLY_SECTIONS and k != "stop_timeout_s"}
+        if "stop_timeout_s" in raw:
+            data["stop_timeout_s"] = raw["stop_timeout_s"]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(data, key, value)
+    data.setdefault("state_dir", str(default_state_dir(environ)))
+    return parse_model(ServeConfig, data, str(path) if path else "built-in config")  # type: ignore[return-value]
+
+
+def run_serve(
+    cfg: ServeConfig,
+    environ: Mapping[str, str],
+    stop: threading.Event,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """Serve until `stop` is set. Returns the exit code; start-up failures raise (ConfigError, FatalError)."""
+    from agent.log import setup_logging
+    from agent.systemd import HeartbeatRegistry, Notifier, WatchdogPinger, watchdog_interval
+
+    setup_logging(cfg.log, environ)
+    notifier = Notifier.from_env(environ)
+    interval = watchdog_interval(environ)
+    watchdog = WatchdogPinger(notifier, HeartbeatRegistry(), interval) if interval else None
+    if watchdog is not None:  # engine warm-up and index loading may take longer than the interval
+        watchdog.start()
+    try:
+        _serve(cfg, notifier, stop, on_ready)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+    log.info("stopped")
+    return 0
+
+
+def _serve(
+    cfg: ServeConfig, notifier: Any, stop: threading.Event, on_ready: Callable[[str], None] | None
+) -> None:
+    from agent.api import ApiServer, build_context
+    from agent.gallery import Gallery
+    from agent.inference.engine import FaceEngine
+
+    engine = FaceEngine(cfg.engine)
+    gallery = Gallery(cfg.gallery)
+    try:
+        if not gallery.wait_ready(cfg.gallery.ready_timeout_s):
+            raise FatalError(f"gallery indexes not ready within {cfg.gallery.ready_timeout_s} s")
+        ctx = build_context(cfg.api, engine, gallery)  # thresholds: api.score_thresholds, else the manifest
+        source = "api.score_thresholds" if cfg.api.score_thresholds else "model manifest"
+        cosines = cfg.api.score_thresholds or engine.thresholds
+        log.info("FAR thresholds of %s from the %s: cosine %s", engine.model_id, source, dict(cosines))
+        try:
+            server = ApiServer(cfg.api, ctx).start()
+        except OSError as exc:  # port taken, address not on this host: fatal, said plainly
+            raise FatalError(f"cannot listen on {cfg.api.host}:{cfg.api.port}: {exc}") from exc
+        try:
+            if on_ready is not None:
+                on_ready(server.url)
+            notifier.notify("READY=1", f"STATUS=serving {engine.model_id} on {server.url}")
+            while not stop.wait(1.0):
+                pass
+            notifier.notify("STOPPING=1")
+            log.info("stopping")
+        finally:
+            server.stop(cfg.stop_timeout_s)
+    finally:
+        gallery.close(cfg.stop_timeout_s)
+
+
+def serve_main(args: Any) -> int:
+    """CLI entry: flags override the file; SIGTERM/SIGINT stop; exit 78 (EX_CONFIG) on a bad config."""
+    import os
+
+    overrides = {
+        "state_dir": args.state_dir,
+        "api.host": args.host,
+        "api.port": args.port,
+        "api.allow_unauthenticated_loopback": True if args.allow_unauthenticated_loopback else None,
+        **engine_overrides(args),
+    }
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cfg = load_serve_config(args.config, os.environ, overrides)
+        for handler in list(logging.getLogger().handlers):  # run_serve installs its own (journal-aware)
+            logging.getLogger().removeHandler(handler)
+
+        def ready(url: str) -> None:  # one line on stdout so scripts (and tests) learn the port
+            print(f"face-agent serve: listening on {url}", flush=True)
+
+        return run_serve(cfg, os.environ, stop, ready)
+    except ConfigError as exc:
+        print(f"face-agent: configuration error: {exc.message}", file=sys.stderr)
+        return 78
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def engine_overrides(args: Any) -> dict[str, object]:
+    """Engine flags shared by serve and enroll (None: keep the config file's value)."""
+    return {
+        "engine.embedder.model": getattr(args, "model", None),
+        "engine.embedder.precision": getattr(args, "precision", None),
+        "engine.runtime.kind": getattr(args, "runtime", None),
+    }
