@@ -173,6 +173,11 @@ class CameraConfig(Strict):
         10.0, gt=0, le=3600, description="a live source that delivers no frame this long is reopened"
     )
     open_timeout_s: float = Field(10.0, gt=0, le=300, description="timeout of opening a stream or device")
+    liveness_level: Literal["NONE", "LOW", "NORMAL", "HIGH"] | None = Field(
+        None,
+        description="liveness level of this camera (a door: the access policy's required_liveness); "
+        "unset: recognition.liveness_level",
+    )
 
     @field_validator("id")
     @classmethod
@@ -219,6 +224,12 @@ class RecognitionConfig(Strict):
     quality_level: Literal["NONE", "LOW", "NORMAL", "HIGH"] = Field(
         "LOW",
         description="faces below this quality level are tracked but never decide (needs agent/gates/quality)",
+    )
+    liveness_level: Literal["NONE", "LOW", "NORMAL", "HIGH"] = Field(
+        "NONE",
+        description="liveness level of every camera without its own: NONE does not run the liveness gate; "
+        "otherwise each track is checked (about 3.4 ms per face and frame) and a known track gets a "
+        "follow-up event once it passes this level (docs/liveness.md)",
     )
     max_faces: int = Field(10, ge=1, le=100, description="largest faces analysed per frame")
     iou_threshold: float = Field(0.3, ge=0.05, le=0.95, description="box overlap that continues a track")

@@ -364,6 +364,12 @@ class AgentMetrics:
         self.recognitions = registry.counter(
             "face_agent_recognitions_total", "Recognition outcomes (known, unknown, rejected...)", ["result"]
         )
+        self.liveness = registry.counter(
+            "face_agent_liveness_total",
+            "Published events of cameras with a liveness level, by the verdict they carry at that level "
+            "(passed, failed, no_result)",
+            ["camera", "result"],
+        )
         self.gallery_size = registry.gauge("face_agent_gallery_size", "Faces in the loaded gallery index")
         self.sync_lag = registry.gauge(
             "face_agent_sync_lag_seconds", "Age of the newest change applied from the cloud face groups"

@@ -1,5 +1,9 @@
 """The recognition loop: frames of every camera -> detect -> quality gate -> embed -> match -> track -> event.
 
+Liveness runs inside the tracker (one `TrackLiveness` per track, see agent/tracking.py) at the camera's
+`liveness_level` (`CameraConfig.liveness_level`, else `RecognitionConfig.liveness_level`); its state travels
+in every event and each published event is counted in `face_agent_liveness_total{camera,result}`.
+
 Recognition threads (`RecognitionConfig.workers`) share one FaceEngine and one gallery Matcher; each owns a
 fixed subset of the cameras, so one camera's frames are always processed in order by one tracker. Events go
 through a bounded queue to one dispatcher thread, so a slow sink (fsync of the MQTT outbox) never stalls
@@ -14,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -25,7 +29,7 @@ from agent.errors import AgentError, TransientError
 from agent.gallery.matcher import Candidate, Matcher
 from agent.publish.payloads import RecognitionEvent
 from agent.publish.sink import EventSink
-from agent.tracking import FaceTracker, Observation, TrackerSettings, TrackEvent
+from agent.tracking import FaceTracker, LivenessState, Observation, TrackerSettings, TrackEvent
 from agent.types import Box, Face
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,21 @@ def far_level(score: float, anchors: dict[str, float]) -> int:
     """N when `score` meets the 1-in-10^N FAR threshold (strictest met), 0 when none."""
     met = [int(far.split("e-")[1]) for far, at in anchors.items() if score >= at]
     return max(met, default=0)
+
+
+def _liveness_result(live: LivenessState) -> str:
+    """Metric label: passed / failed (the camera's level) / no_result (not enough frames yet)."""
+    if live.passed:
+        return "passed"
+    return "no_result" if live.score is None else "failed"
+
+
+def _liveness_fields(live: LivenessState | None) -> dict[str, object]:
+    """RecognitionEvent liveness fields; all None when liveness is off on the camera."""
+    if live is None:
+        return {}
+    score = round(live.score, 3) if live.score is not None else None
+    return {"liveness": score, "liveness_level": live.level, "liveness_reasons": live.reasons}
 
 
 def fallback_weight(face: Face) -> float:
@@ -198,7 +217,10 @@ class RecognitionPipeline:
             cooldown_s=cfg.cooldown_s,
             min_similarity=cfg.track_min_similarity,
         )
-        self.cameras = [_Camera(w, FaceTracker(settings, self._match)) for w in cameras]
+        self.cameras = [
+            _Camera(w, FaceTracker(replace(settings, liveness_level=self._liveness_level(w)), self._match))
+            for w in cameras
+        ]
         groups = [self.cameras[i :: cfg.workers] for i in range(min(cfg.workers, len(self.cameras)))]
         self._stop = threading.Event()
         self.done = threading.Event()
@@ -216,6 +238,11 @@ class RecognitionPipeline:
             )
             for i, group in enumerate(groups)
         ]
+
+    def _liveness_level(self, worker: CaptureWorker) -> str:
+        """The camera's own level when it sets one, else the recognition default."""
+        own = worker.cfg.liveness_level
+        return own if own is not None else self.cfg.liveness_level
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -326,12 +353,15 @@ class RecognitionPipeline:
                 quality=score,
                 quality_level=level,
                 crop=self._crop(frame.pixels, f.box) if self._snapshots else None,
+                face=f,
             )
             for f, (weight, ok, score, level) in zip(faces, graded, strict=True)
         ]
         clock = frame.media_time if frame.media_time is not None else frame.captured_mono
-        events = cam.tracker.update(observations, clock)
-        self.latency.add("track", time.perf_counter() - t3)  # includes the gallery searches it made
+        events = cam.tracker.update(observations, clock, frame.pixels)
+        self.latency.add("track", time.perf_counter() - t3)  # includes the gallery searches and liveness
+        if cam.tracker.liveness_on and observations:
+            self.latency.add("liveness", cam.tracker.liveness_seconds)
         self._emit(cam, events, frame)
         self.latency.add("capture_to_processed", time.monotonic() - frame.captured_mono)
         self._count_fps(cam, frame)
@@ -395,6 +425,8 @@ class RecognitionPipeline:
             result = "known" if ev.known else "unknown"
             if self._metrics is not None:
                 self._metrics.recognitions.labels(result).inc()
+                if ev.liveness is not None:
+                    self._metrics.liveness.labels(cam.worker.cfg.id, _liveness_result(ev.liveness)).inc()
             mono = frame.captured_mono if frame is not None else time.monotonic()
             self.dispatcher.submit(event, snapshot, mono)
 
@@ -414,6 +446,7 @@ class RecognitionPipeline:
             quality_level=obs.quality_level,
             track_id=ev.track_id,
             score=round(float(cand.score), 2) if cand is not None else None,
+            **_liveness_fields(ev.liveness),
         )
         if not ev.known or cand is None:
             return RecognitionEvent(**common)

@@ -16,19 +16,33 @@ Decisions, evaluated on every usable frame (one that passes the quality level):
 A known person is not reported again on the same camera while seen within `cooldown_s` (measured from the
 last frame they were seen on, so someone standing at the door for minutes yields one event).
 
+Liveness (`TrackerSettings.liveness_level` other than NONE): each track owns one `TrackLiveness`, fed every
+frame the track is seen on (usable or not) and dropped with the track. Every event carries the track's
+liveness state at that moment. The known decision does not wait for it (a kiosk greets at once; a door's
+access policy denies `liveness_missing` meanwhile), so a known track whose event went out before its
+liveness passed the camera's level gets one more recognized event (same track id) the first time it passes:
+the one a door opens on. That follow-up obeys the cooldown too (per person: one passing event while seen).
+
 The clock is the frame's media time for files read faster than real time (results do not depend on
 machine speed) and the capture time otherwise.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent.errors import InputError
 from agent.gallery.matcher import Candidate
-from agent.types import Box
+from agent.gates.liveness import LEVELS as LIVENESS_LEVEL_NAMES
+from agent.gates.liveness import LivenessReport, TrackConfig, TrackLiveness, evaluate_liveness
+from agent.types import Box, Face
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,32 @@ class Observation:
     quality: float | None = None  # gate score, None when the gate did not run
     quality_level: str | None = None
     crop: np.ndarray | None = field(default=None, repr=False)  # for snapshots
+    face: Face | None = field(default=None, repr=False)  # box + keypoints, for the liveness tracker
+
+
+@dataclass(frozen=True)
+class LivenessState:
+    """A track's liveness evidence at one moment. `score` and `level` are None until the first report."""
+
+    score: float | None  # 0 spoof .. 1 live
+    level: str | None  # strongest level the report passes; "NONE" when it passes none
+    reasons: tuple[str, ...]  # why it fails the camera's required level; empty = passed
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+
+STRONGEST_FIRST = ("HIGH", "NORMAL", "LOW")
+
+
+def liveness_state(report: LivenessReport | None, required: str) -> LivenessState:
+    """Judge a track's latest report: the strongest level passed, and the verdict at `required`."""
+    verdict = evaluate_liveness(report, required)
+    if report is None:
+        return LivenessState(None, None, verdict.reasons)
+    level = next((lv for lv in STRONGEST_FIRST if evaluate_liveness(report, lv).passed), "NONE")
+    return LivenessState(float(min(max(report.score, 0.0), 1.0)), level, verdict.reasons)
 
 
 @dataclass(frozen=True)
@@ -54,6 +94,8 @@ class TrackEvent:
     observation: Observation  # best-quality observation of the track so far
     clock: float
     upgrade: bool = False
+    liveness: LivenessState | None = None  # None: liveness is off on this camera
+    liveness_update: bool = False  # the follow-up of a known track whose liveness now passes
 
 
 @dataclass(frozen=True)
@@ -69,13 +111,21 @@ class TrackerSettings:
     cooldown_s: float = 10.0
     max_tracks: int = 64
     min_similarity: float = 0.35  # a face this unlike a track's fused embedding starts a new track
+    liveness_level: str = "NONE"  # NONE: no liveness tracking; else the level a follow-up event needs
+    liveness: TrackConfig = field(default_factory=TrackConfig)
+
+    def __post_init__(self) -> None:
+        if self.liveness_level not in LIVENESS_LEVEL_NAMES:
+            raise InputError(f"unknown liveness level {self.liveness_level!r}", code="invalid_liveness_level")
 
 
 Matcher = Callable[[np.ndarray], Candidate | None]
 
 
 class Track:
-    def __init__(self, track_id: int, obs: Observation, clock: float) -> None:
+    def __init__(
+        self, track_id: int, obs: Observation, clock: float, liveness: TrackLiveness | None = None
+    ) -> None:
         self.id = track_id
         self.box = obs.box
         self.last_seen = clock
@@ -86,6 +136,10 @@ class Track:
         self.person: str | None = None
         self.best: Observation = obs
         self.best_score: float | None = None
+        self.candidate: Candidate | None = None  # the match that made the track known
+        self.liveness = liveness  # owned here: freed with the track
+        self.live: LivenessState | None = None
+        self.live_reported = False  # an event of this track carried a passing liveness verdict
         self._top: list[Observation] = []
 
     def add(self, obs: Observation, clock: float, keep: int) -> None:
@@ -129,26 +183,52 @@ class FaceTracker:
         self._tracks: list[Track] = []
         self._next_id = 1
         self._person_seen: dict[str, float] = {}  # person -> clock they were last seen (cooldown)
+        self._person_live: dict[str, float] = {}  # person -> clock last seen after a passing liveness event
         self.last_clock: float | None = None
-        self.counters = {"tracks": 0, "known": 0, "unknown": 0, "upgrades": 0, "cooldown": 0, "evicted": 0}
+        self.liveness_seconds = 0.0  # time spent in liveness during the last update (for the latency log)
+        self.counters = {
+            "tracks": 0,
+            "known": 0,
+            "unknown": 0,
+            "upgrades": 0,
+            "cooldown": 0,
+            "evicted": 0,
+            "liveness_updates": 0,
+            "liveness_errors": 0,
+        }
 
     @property
     def active(self) -> int:
         return len(self._tracks)
 
-    def update(self, observations: list[Observation], clock: float) -> list[TrackEvent]:
-        """Feed one analysed frame's faces; returns the events it decides (possibly none)."""
+    @property
+    def liveness_on(self) -> bool:
+        return self.s.liveness_level != "NONE"
+
+    def liveness_states(self) -> dict[int, LivenessState | None]:
+        """Track id -> its current liveness state (None with liveness off), for stats and tests."""
+        return {t.id: t.live for t in self._tracks}
+
+    def update(
+        self, observations: list[Observation], clock: float, pixels: np.ndarray | None = None
+    ) -> list[TrackEvent]:
+        """Feed one analysed frame's faces; returns the events it decides (possibly none). `pixels` (the
+        frame the boxes refer to) feeds the tracks' liveness; without it liveness learns nothing."""
         self.last_clock = clock
+        self.liveness_seconds = 0.0
         events: list[TrackEvent] = []
         assigned = self._associate(observations)
         for obs, track in zip(observations, assigned, strict=True):
             if track is None:
                 track = self._new_track(obs, clock)
             track.add(obs, clock, self.s.fusion_frames)
-            if obs.usable:
-                event = self._decide(track, obs, clock)
-                if event is not None:
-                    events.append(event)
+            if pixels is not None and obs.face is not None and track.liveness is not None:
+                self._feed_liveness(track, pixels, obs.face, clock)
+            event = self._decide(track, obs, clock) if obs.usable else None
+            if event is None:
+                event = self._liveness_followup(track, clock)
+            if event is not None:
+                events.append(event)
         seen = {id(t) for t in assigned if t is not None}
         for track in self._tracks:
             if id(track) not in seen and track.last_seen != clock:
@@ -191,7 +271,10 @@ class FaceTracker:
             self._tracks.sort(key=lambda t: t.last_seen)
             self._tracks.pop(0)
             self.counters["evicted"] += 1
-        track = Track(self._next_id, obs, clock)
+        liveness = TrackLiveness(self.s.liveness) if self.liveness_on else None
+        track = Track(self._next_id, obs, clock, liveness)
+        if liveness is not None:
+            track.live = liveness_state(None, self.s.liveness_level)
         self._next_id += 1
         self._tracks.append(track)
         self.counters["tracks"] += 1
@@ -208,10 +291,51 @@ class FaceTracker:
         found = [c for c in cands if c is not None]
         return max(found, key=lambda c: c.score) if found else None
 
+    # -- liveness ------------------------------------------------------------------------------------------
+
+    def _feed_liveness(self, track: Track, pixels: np.ndarray, face: Face, clock: float) -> None:
+        assert track.liveness is not None
+        t0 = time.perf_counter()
+        try:
+            report = track.liveness.update(pixels, face, clock)
+        except InputError as exc:  # e.g. the clock went back (a looped file): start the evidence afresh
+            self.counters["liveness_errors"] += 1
+            log.debug("track %d: liveness restarted: %s", track.id, exc)
+            track.liveness = TrackLiveness(self.s.liveness)
+            report = None
+        track.live = liveness_state(report, self.s.liveness_level)
+        self.liveness_seconds += time.perf_counter() - t0
+
+    def _liveness_followup(self, track: Track, clock: float) -> TrackEvent | None:
+        """The recognized event a door opens on, once a known track's liveness passes (see module doc)."""
+        live = track.live
+        if track.state != "known" or track.live_reported or live is None or not live.passed:
+            return None
+        if track.person is None or track.candidate is None:
+            return None
+        track.live_reported = True
+        last = self._person_live.get(track.person)
+        self._person_live[track.person] = clock
+        if last is not None and last <= clock < last + self.s.cooldown_s:
+            self.counters["cooldown"] += 1
+            return None
+        self.counters["liveness_updates"] += 1
+        return self._event(track, True, track.candidate, clock, liveness_update=True)
+
+    def _event(self, track: Track, known: bool, cand: Candidate | None, clock: float, **flags) -> TrackEvent:
+        if known and track.live is not None and track.live.passed and track.person is not None:
+            track.live_reported = True
+            self._person_live[track.person] = clock
+        return TrackEvent(track.id, known, cand, track.best, clock, liveness=track.live, **flags)
+
+    # -- decisions (continued) ---------------------------------------------------------------------------
+
     def _decide(self, track: Track, obs: Observation, clock: float) -> TrackEvent | None:
         if track.state == "known":
             if track.person is not None:
                 self._person_seen[track.person] = clock
+                if track.live_reported:
+                    self._person_live[track.person] = clock
             return None
         if track.state == "unknown" and not self.s.upgrade_unknown:
             return None
@@ -226,19 +350,19 @@ class FaceTracker:
 
     def _known(self, track: Track, cand: Candidate, clock: float) -> TrackEvent | None:
         upgrade = track.state == "unknown"
-        track.state, track.person = "known", cand.person_id
+        track.state, track.person, track.candidate = "known", cand.person_id, cand
         last = self._person_seen.get(cand.person_id)
         self._person_seen[cand.person_id] = clock
         if last is not None and last <= clock < last + self.s.cooldown_s:
             self.counters["cooldown"] += 1
             return None
         self.counters["upgrades" if upgrade else "known"] += 1
-        return TrackEvent(track.id, True, cand, track.best, clock, upgrade=upgrade)
+        return self._event(track, True, cand, clock, upgrade=upgrade)
 
     def _unknown(self, track: Track, cand: Candidate | None, clock: float) -> TrackEvent:
         track.state = "unknown"
         self.counters["unknown"] += 1
-        return TrackEvent(track.id, False, cand, track.best, clock)
+        return self._event(track, False, cand, clock)
 
     def _end(self, track: Track, clock: float) -> TrackEvent | None:
         if track.state == "pending" and track.usable >= self.s.min_track_frames:
@@ -262,6 +386,7 @@ class FaceTracker:
                 keep.append(track)
         self._tracks = keep
         horizon = clock - self.s.cooldown_s
-        for person in [p for p, t in self._person_seen.items() if t < horizon or t > clock]:
-            del self._person_seen[person]  # bounded: only persons seen within the cooldown stay
+        for seen in (self._person_seen, self._person_live):
+            for person in [p for p, t in seen.items() if t < horizon or t > clock]:
+                del seen[person]  # bounded: only persons seen within the cooldown stay
         return events

@@ -105,7 +105,7 @@ def test_codes(run, data_dir):
         ({**jumdata_auth(key="nobody-key"), "base64": img}, 201),
         ({**jumdata_auth(key=NATIVE_ONLY_KEY), "base64": img}, 601),
         ({**jumdata_auth(key=DISABLED_KEY), "base64": img}, 602),
-        ({**jumdata_auth(), "base64": img, "livenessControl": "LOW"}, 999),
+        ({**jumdata_auth(), "base64": img, "livenessControl": "MAX"}, 400),
     ]
     for fields, code in cases:
         reply = post_form(run, URL, fields)
@@ -117,11 +117,52 @@ def test_codes(run, data_dir):
     auth = jumdata_auth()
     assert _code(post_form(run, URL, {**auth, "base64": img}))[0] == 200
     assert _code(post_form(run, URL, {**auth, "base64": img}))[0] == 400  # replayed signature
-    assert _code(post_form(run, URL, {**jumdata_auth(), "livenessControl": "HIGH", "base64": img}))[
-        1
-    ].startswith("活体控制不可用")
     nf = call(run, "POST", "/face/single-search", b"")
     assert (nf.status, nf.json()["code"]) == (200, 404)
+
+
+SPOOF = [  # (file, MANIFEST kind) of shared/data/spoof
+    ("hyperfas/images/fake_screen.png", "spoof_replay"),
+    ("silent_face/images/image_F1.jpg", "spoof_print"),
+    ("silent_face/images/image_F2.jpg", "spoof_replay"),
+    ("silent_face/images/image_T1.jpg", "real_live"),
+    ("vietmoney_fas/images/fake_001.jpg", "spoof_unknown"),
+    ("vietmoney_fas/images/fake_002.jpg", "spoof_print"),
+    ("vietmoney_fas/images/fake_003.jpg", "spoof_unknown"),
+    ("vietmoney_fas/images/true_001.jpg", "real_live"),
+    ("vietmoney_fas/images/true_002.jpg", "real_live"),
+    ("vietmoney_fas/images/true_003.png", "real_live"),
+]
+
+
+def test_liveness_control_on_live_and_spoof_photos(run, data_dir):
+    """livenessControl runs the single-image (passive) liveness check; faces failing it are left out of
+    face_list, as the document says. What one image can prove is little (docs/liveness.md): the close-up
+    screen replay is refused at every level, live photos pass, most other real attacks pass too."""
+    img = b64(read(data_dir, OBAMA2))
+    for level in ("LOW", "NORMAL", "HIGH"):
+        body = post_form(run, URL, {**jumdata_auth(), "base64": img, "livenessControl": level}).json()
+        assert body["code"] == 200 and body["data"]["face_num"] == 1, (level, body)
+        assert body["data"]["face_list"][0]["user_list"][0]["user_id"] == "obama"
+    kept: dict[str, list[bool]] = {}
+    for rel, kind in SPOOF:
+        raw = read(data_dir, f"spoof/{rel}")
+        for level in ("NONE", "LOW", "HIGH"):
+            reply = post_multipart(run, URL, {**jumdata_auth(), "livenessControl": level}, {"file": raw})
+            body = reply.json()
+            assert body["code"] == 200, (rel, body)
+            n = body["data"]["face_num"]
+            assert n == len(body["data"]["face_list"])
+            if level == "NONE":
+                assert n == 1, rel  # the face is found: a refusal below is the liveness check's
+            else:
+                kept.setdefault(kind, []).append(n == 1)
+        if rel.startswith("hyperfas"):
+            assert kept[kind][-2:] == [False, False]  # screen moire: refused at LOW and HIGH
+    assert all(kept["real_live"]), "the four live photos pass every level"
+    attacks = [ok for kind, oks in kept.items() if kind != "real_live" for ok in oks]
+    # 1 of the 6 attacks refused at every level: the APCER of 83 % measured in docs/liveness.md
+    assert attacks.count(False) == 2 and len(attacks) == 12
 
 
 def test_rate_limit_and_timeout_codes(tmp_path, data_dir):

@@ -89,7 +89,7 @@ def test_search_finds_the_right_person_with_calibrated_scores(run, door, data_di
     )
     assert r.status == 200
     body = r.json()
-    assert body["thresholds"] == {"1e-3": 70.0, "1e-4": 80.0, "1e-5": 90.0}
+    assert body["thresholds"] == {"1e-3": 70.0, "1e-4": 80.0, "1e-5": 90.0, "1e-6": 95.0}
     cands = body["faces"][0]["candidates"]
     assert [c["outer_id"] for c in cands] == ["obama", "biden"]
     assert cands[0]["score"] > 80 > cands[1]["score"]

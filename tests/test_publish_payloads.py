@@ -37,6 +37,7 @@ def known(**over) -> RecognitionEvent:
         quality_level="NORMAL",
         liveness=0.9,
         liveness_level="HIGH",
+        liveness_reasons=(),
         track_id=4,
     )
     fields.update(over)
@@ -56,6 +57,7 @@ def test_recognized_payload_has_every_documented_field() -> None:
         "quality_level": "NORMAL",
         "liveness": 0.9,
         "liveness_level": "HIGH",
+        "liveness_reasons": [],
         "model_id": "m",
         "captured_at": "2023-11-14T22:13:20.250Z",
         "has_snapshot": False,
@@ -82,6 +84,8 @@ def test_recognized_payload_has_every_documented_field() -> None:
         {"far_level": 12},
         {"track_id": -1},
         {"liveness_level": "MAX"},
+        {"liveness_reasons": ["no_liveness_result"]},
+        {"liveness_reasons": ("x" * 65,)},
         {"person_id": None},  # unknown face that still carries a name
         {"model_id": ""},
         {"captured_at": math.inf},

@@ -3,8 +3,9 @@
 Answers `{msg, success, code, taskNo, charge, data}`; errors `{msg, code}` with the documented codes (not HTTP
 statuses: HTTP is 200 except for internal errors). Local extension: `group_id` (optional) names the group
 to search; without it the configured default group, else every group, is searched.
-`livenessControl` other than NONE is refused with code 999: the device has no single-image liveness check
-yet, and passing faces through unchecked would be a silent lie.
+`livenessControl` LOW/NORMAL/HIGH leaves out faces that fail the single-image liveness check, as the document
+says ("faces whose liveness does not meet the requirement are not returned"). One image can only show the
+medium (screen moire, glare, a card's border): see docs/liveness.md for what such a pass is worth.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ CODES: dict[str, tuple[int, str]] = {
     "unavailable": (606, "调用超限,请稍候再试"),
     "busy": (609, "请求过于频繁,请稍候再试"),
     "engine_timeout": (610, "请求超时"),
-    "liveness_unavailable": (999, "活体控制不可用: 本设备尚不支持单张图片活体检测"),
     "quality_unavailable": (999, "质量控制不可用: 质量模块未安装"),
     "internal": (500, "系统维护,请稍候再试"),
 }
@@ -84,16 +84,14 @@ class JumdataApi:
         liveness = get_choice(form, "livenessControl", "NONE", LEVELS)
         max_users = get_int(form, "maxUserNum", 1, 1, 20)
         groups = self._groups(form)
-        if liveness != "NONE":
-            raise ApiError(
-                "liveness_unavailable", "single-image liveness is not available", "livenessControl"
-            )
         if quality != "NONE" and not self.ctx.quality.available:
             raise ApiError("quality_unavailable", "quality gate not installed", "qualityControl")
         image = self._image(form)
         embs = self.ctx.analyze(image, max_faces)
         if quality != "NONE":
             embs = [e for e in embs if not self.ctx.quality.reasons(self.ctx.measure(image, e.face), quality)]
+        if liveness != "NONE":
+            embs = [e for e in embs if self.ctx.liveness(image, e.face, liveness).passed]
         per_face = [self._candidates(groups, e.vector, max_users + len(embs) - 1, threshold) for e in embs]
         assigned = assign_faces(per_face, max_users, float(threshold)) if embs else []
         face_list = [self._face(e, users) for e, users in zip(embs, assigned, strict=True)]

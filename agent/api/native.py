@@ -23,6 +23,7 @@ from agent.api.server import Route, route
 from agent.api.service import LEVELS, ApiContext
 from agent.gallery import Candidate
 from agent.gallery.store import FaceRecord, GroupRecord, PersonRecord
+from agent.gates.liveness import LivenessReport
 from agent.types import Face, Image
 
 P = "/api/v1"
@@ -60,7 +61,6 @@ STATUS = {
     "quality_failed": 422,
     "busy": 429,
     "quality_unavailable": 501,
-    "liveness_unavailable": 501,
     "unavailable": 503,
     "engine_timeout": 504,
     "internal": 500,
@@ -109,6 +109,17 @@ def _candidate(c: Candidate) -> dict[str, Any]:
         "group_id": c.group_id,
         "score": round(c.score, 3),
         "cosine": round(c.cosine, 5),
+    }
+
+
+def _liveness(report: LivenessReport, level: str) -> dict[str, Any]:
+    """A single-image liveness verdict: passive cues only (docs/liveness.md), so `track_score` is absent."""
+    return {
+        "level": level,
+        "passed": report.passed,
+        "score": round(report.score, 4),
+        "reasons": list(report.reasons),
+        "measures": {k: round(v, 4) for k, v in report.measures.items()},
     }
 
 
@@ -257,17 +268,29 @@ class NativeApi:
 
     def search(self, req: Request, p: dict[str, str]) -> Response:
         form = self._json(
-            req, {"image_base64", "face_token", "top_k", "max_faces", "min_score", "quality_control"}
+            req,
+            {
+                "image_base64",
+                "face_token",
+                "top_k",
+                "max_faces",
+                "min_score",
+                "quality_control",
+                "liveness_control",
+            },
         )
         top_k = get_int(form, "top_k", 1, 1, self.ctx.gallery.config.max_top_k)
         max_faces = get_int(form, "max_faces", 1, 1, self.ctx.gallery.config.max_query_faces)
         min_score = get_int(form, "min_score", 0, 0, 100)
         level = get_choice(form, "quality_control", "NONE", LEVELS)
+        live_level = get_choice(form, "liveness_control", "NONE", LEVELS)
         token = get_str(form, "face_token", max_len=64)
         group_id = self.ctx.gallery.get_group(p["group_id"]).group_id
         if token is not None:
             if form.get("image_base64"):
                 raise ApiError("coexistence", "give face_token or image_base64, not both", "face_token")
+            if live_level != "NONE":  # a token carries no pixels: nothing to check liveness on
+                raise ApiError("coexistence", "liveness_control needs image_base64", "liveness_control")
             vec = self.ctx.embedding_for_token(token)
             if vec is None:
                 raise ApiError("face_token_not_found", f"face_token {token} is unknown", "face_token")
@@ -283,20 +306,30 @@ class NativeApi:
         embs = self.ctx.analyze(image, max_faces)
         if level != "NONE":
             embs = [e for e in embs if not self.ctx.quality.reasons(self.ctx.measure(image, e.face), level)]
+        live = (
+            {id(e): self.ctx.liveness(image, e.face, live_level) for e in embs}
+            if live_level != "NONE"
+            else {}
+        )
+        # A face failing liveness is answered (with why) but never searched and gets no token: fail closed.
+        searched = [e for e in embs if id(e) not in live or live[id(e)].passed]
         results = (
-            self.ctx.matcher.search_many(group_id, [e.vector for e in embs], top_k, float(min_score))
-            if embs
+            self.ctx.matcher.search_many(group_id, [e.vector for e in searched], top_k, float(min_score))
+            if searched
             else []
         )
-        faces = [
-            {
-                "face_token": self.ctx.tokens.put(e.vector),
+        found_by = {id(e): found for e, found in zip(searched, results, strict=True)}
+        faces = []
+        for e in embs:
+            face: dict[str, Any] = {
+                "face_token": self.ctx.tokens.put(e.vector) if id(e) in found_by else None,
                 "box": box_json(e.face),
                 "detection_score": round(e.face.score, 4),
-                "candidates": [_candidate(c) for c in found],
+                "candidates": [_candidate(c) for c in found_by.get(id(e), [])],
             }
-            for e, found in zip(embs, results, strict=True)
-        ]
+            if id(e) in live:
+                face["liveness"] = _liveness(live[id(e)], live_level)
+            faces.append(face)
         return json_response(200, {"faces": faces, "thresholds": self.ctx.scores.thresholds()})
 
     def compare(self, req: Request, p: dict[str, str]) -> Response:

@@ -90,6 +90,11 @@ def openapi_document() -> dict[str, Any]:
             "max_faces": {**INT, "default": 1},
             "min_score": {**INT, "default": 0},
             "quality_control": LEVEL,
+            "liveness_control": {
+                **LEVEL,
+                "description": "single-image liveness (passive cues only); failing faces get candidates [], "
+                "face_token null and the verdict under `liveness`",
+            },
         }
     )
     paths: dict[str, Any] = {

@@ -1,5 +1,5 @@
 """What the API families share at run time: the engine behind its gate, the gallery and matcher, the score
-map, the quality gate and the face_token cache."""
+map, the quality gate, the single-image liveness check and the face_token cache."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from agent.api.auth import Authenticator
 from agent.api.common import ApiError, EngineGate, TokenCache
 from agent.api.config import ApiConfig
 from agent.gallery import Gallery, Matcher, NewFace, ScoreMap
+from agent.gates.liveness import LivenessReport, evaluate_liveness, passive_liveness
 from agent.gates.quality import (
     QualityMeasures,
     evaluate_quality,
@@ -97,6 +98,12 @@ class ApiContext:
 
     def measure(self, image: Image, face: Face) -> Any:
         return self.gate.run(self.quality.measure, image, face)
+
+    def liveness(self, image: Image, face: Face, level: str) -> LivenessReport:
+        """Single-image liveness verdict at `level` (passive cues only: see docs/liveness.md for what one
+        image can and cannot prove). Runs behind the engine gate: it is CPU work of the same order."""
+        report = self.gate.run(passive_liveness, image.pixels, face)
+        return evaluate_liveness(report, level, single_image=True)
 
     def enrol(
         self,

@@ -186,7 +186,9 @@ def passive_liveness(
         "specular_glare": _ramp(glare, b.glare_lo, b.glare_hi),
         "frame_edges": _ramp(edges, b.edges_lo, b.edges_hi),
     }
-    measures = {"moire": moire, "glare": glare, "frame_edges": edges}
+    measures = {"glare": glare, "frame_edges": edges}
+    if not math.isnan(moire):  # left out when the face is too small to tell (keeps measures JSON-safe)
+        measures["moire"] = moire
     measures.update({f"evidence_{k}": v for k, v in evidence.items()})
     score = 1.0 - max(evidence.values())
     reasons = tuple(k for k, v in evidence.items() if v >= 0.5)

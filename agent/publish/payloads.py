@@ -29,6 +29,7 @@ SCHEMA_ACCESS = f"face-agent/access/{SCHEMA_VERSION}"
 SCHEMA_GALLERY = f"face-agent/gallery/{SCHEMA_VERSION}"
 SCHEMA_STATS = f"face-agent/stats/{SCHEMA_VERSION}"
 MAX_TEXT = 4096  # name / user_info / ids beyond this are a caller bug, not something to ship over MQTT
+MAX_REASONS = 16  # reason codes per gate (the liveness gate has 9)
 
 
 def _bad(message: str) -> InputError:
@@ -56,7 +57,9 @@ class RecognitionEvent:
     score: calibrated similarity 0..100 of the best gallery match (for unknown faces: the best rejected one).
     far_level: N when the score meets the threshold whose false-accept rate is 1 in 10**N; 0 when none.
     quality / liveness: gate scores 0..1; *_level: the strongest control level passed ("NONE" = none);
-    None = the gate did not run (an access policy that requires it then denies).
+    None = the gate did not run or (liveness) has no result yet: an access policy that requires it denies.
+    liveness_reasons: reason codes (agent.gates.liveness.REASONS) of the camera's liveness level; () = met;
+    None = liveness is off on the camera.
     """
 
     camera_id: str
@@ -73,6 +76,7 @@ class RecognitionEvent:
     quality_level: str | None = None
     liveness: float | None = None
     liveness_level: str | None = None
+    liveness_reasons: tuple[str, ...] | None = None  # why the camera's liveness level is not met; () = met
     track_id: int | None = None
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -96,6 +100,12 @@ class RecognitionEvent:
             raise _bad(f"far_level must be an int 0..9, got {self.far_level!r}")
         if self.track_id is not None and (not isinstance(self.track_id, int) or self.track_id < 0):
             raise _bad(f"track_id must be a non-negative int, got {self.track_id!r}")
+        if self.liveness_reasons is not None and (
+            not isinstance(self.liveness_reasons, tuple)
+            or len(self.liveness_reasons) > MAX_REASONS
+            or not all(isinstance(r, str) and 0 < len(r) <= 64 for r in self.liveness_reasons)
+        ):
+            raise _bad(f"liveness_reasons must be a tuple of at most {MAX_REASONS} short strings or None")
         for name in ("quality_level", "liveness_level"):
             if getattr(self, name) not in (None, *LEVELS):
                 raise _bad(f"{name} must be one of {LEVELS} or None")
@@ -130,6 +140,7 @@ def _common(event: RecognitionEvent, device_id: str, schema: str, has_snapshot: 
         "quality_level": event.quality_level,
         "liveness": event.liveness,
         "liveness_level": event.liveness_level,
+        "liveness_reasons": list(event.liveness_reasons) if event.liveness_reasons is not None else None,
         "model_id": event.model_id,
         "captured_at": iso_time(event.captured_at),
         "has_snapshot": has_snapshot,
