@@ -181,7 +181,7 @@ def test_parse_addresses() -> None:
 
 def test_bad_broker_flag_is_a_clear_error() -> None:
     out = _doctor("--broker", "host:notaport", "--no-cameras")
-    assert out.returncode == 2 and "host[:port]" in out.stderr
+    assert out.returncode == 78 and "host[:port]" in out.stderr  # EX_CONFIG, as every config error
 
 
 # -- cameras, disk, clock, permissions --------

@@ -101,14 +101,16 @@ def test_folder_enrolment_reports_reasons_and_finds_everyone(
     assert summary.persons["Sonia_Gandhi"] == {"enrolled": 0, "rejected": 1, "duplicate": 0}
     assert summary.faces_per_s > 0 and summary.model_id == agent_engine.model_id
 
-    # every enrolled face is in the gallery with its quality and a decodable aligned thumbnail
+    # every enrolled face is in the gallery with its quality and a decodable aligned thumbnail: the chip the
+    # embedder saw (the dlib ResNet's 150x150 dlib-style chip)
+    assert agent_engine.embedder.size == 150
     for o in outcomes:
         if o.status == "enrolled":
             face = gallery.get_face(o.face_id)
             assert face.outer_id == o.outer_id and face.quality is not None and face.quality >= 0.5
             fmt, data = gallery.get_thumbnail(o.face_id)
             chip = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            assert fmt == "jpeg" and chip.shape == (160, 160, 3)
+            assert fmt == "jpeg" and chip.shape == (150, 150, 3)
 
     # a held-out photo of each known person finds that person first
     m = matcher(gallery, agent_engine, agent_thresholds)
@@ -216,12 +218,13 @@ def test_import_refuses_broken_archives(enrolled, tmp_path):
     assert err.value.code == "unknown_model"
     check_models(gallery, unknown, allow_unknown=True)
 
-    def shrink(rs):  # 128 values claimed as facenet-casia (512-D in the manifest and in the gallery)
-        vec = base64.b64encode(np.full(128, 128**-0.5, "<f4").tobytes()).decode()
-        return [{**r, "dim": 128, "embedding": vec} if r["type"] == "face" else r for r in rs]
+    def shrink(rs):  # 64 values claimed as dlib-resnet-v1 (128-D in the manifest and in the gallery)
+        vec = base64.b64encode(np.full(64, 64**-0.5, "<f4").tobytes()).decode()
+        return [{**r, "dim": 64, "embedding": vec} if r["type"] == "face" else r for r in rs]
 
+    assert read_archive(archive).dims == {"dlib-resnet-v1/int8": 128}  # what the gallery holds
     small = read_archive(_rewrite(archive, tmp_path / "s.jsonl", shrink))
-    with pytest.raises(InputError, match="512") as err:
+    with pytest.raises(InputError, match="have 64 values, the model manifest says 128") as err:
         check_models(gallery, small, allow_unknown=False)
     assert err.value.code == "embedding_dim_mismatch"
 
@@ -339,14 +342,35 @@ def test_serve_answers_http_and_stops_on_sigterm(
             proc.wait(10)
 
 
-def test_serve_without_thresholds_is_a_config_error(tmp_path, agent_engine, agent_engine_config):
-    if agent_engine.thresholds:
-        pytest.skip("the model manifest now carries thresholds")
+def models_without_thresholds(models_dir: Path, dst: Path, model: str) -> Path:
+    """A models folder like the shipped one (files linked, not copied) whose manifest has no calibrated FAR
+    thresholds for `model`, as a freshly built, not yet calibrated model would."""
+    dst.mkdir()
+    for sub in models_dir.iterdir():
+        if sub.is_dir():
+            (dst / sub.name).symlink_to(sub, target_is_directory=True)
+    manifest = json.loads((models_dir / "manifest.json").read_text(encoding="utf-8"))
+    for variant in manifest["models"][model]["variants"].values():
+        variant.pop("thresholds", None)
+    (dst / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return dst
+
+
+def test_serve_without_thresholds_is_a_config_error(tmp_path, models_dir, agent_engine_config):
+    from agent.inference.engine import FaceEngine
+
+    emb = agent_engine_config.embedder
+    bare = models_without_thresholds(models_dir, tmp_path / "models", emb.model)
+    engine_cfg = agent_engine_config.model_copy(update={"models_dir": bare})
+    assert FaceEngine(engine_cfg).thresholds == {}  # the premise: this manifest gives the model none
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(
         yaml.safe_dump(
             {
-                "engine": {"embedder": {"precision": agent_engine_config.embedder.precision}},
+                "engine": {
+                    "models_dir": str(bare),
+                    "embedder": {"model": emb.model, "precision": emb.precision},
+                },
                 "state_dir": str(tmp_path / "state"),
                 "api": {"port": 0},
             }
@@ -359,7 +383,8 @@ def test_serve_without_thresholds_is_a_config_error(tmp_path, agent_engine, agen
         env=_env(),
         timeout=60,
     )
-    assert proc.returncode == 78 and "FAR thresholds" in proc.stderr
+    assert proc.returncode == 78, proc.stderr
+    assert f"API needs FAR thresholds for {emb.model}/{emb.precision}" in proc.stderr, proc.stderr
 
 
 def test_kill_9_during_bulk_enrolment_loses_no_reported_face(tmp_path, data_dir, agent_engine_config):

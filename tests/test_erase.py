@@ -134,7 +134,12 @@ def test_erase_leaves_no_byte_of_the_person(enrolled, agent_engine) -> None:
     # and saves the index file again.
     index_after = _state_bytes(state / "gallery" / "indexes")
     assert _best_cosine(index_before, faces[gone][0]) > 0.9999
-    assert _best_cosine(index_after, faces[gone][0]) < 0.5
+    # Nothing closer to the erased face than the remaining person's face (dlib embeddings of different
+    # people still have cosine ~0.8, so "closer than the other person" is the bar, not a fixed 0.5).
+    g, k = faces[gone][0], faces[kept][0]
+    other = float(g @ k / (np.linalg.norm(g) * np.linalg.norm(k)))
+    assert other < 0.95
+    assert _best_cosine(index_after, g) < max(0.5, other) + 0.03
     assert _best_cosine(index_after, faces[kept][0]) > 0.9999
     for what, needle in _traces(faces, gone).items():
         assert needle not in after, f"{what} of the erased person is still in the state files"
@@ -184,4 +189,4 @@ def test_erase_refuses_config_and_state_dir_together(tmp_path: Path) -> None:
          "--config", str(tmp_path / "x"), "--group", GROUP, "--person", "p"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert out.returncode == 2 and "not both" in out.stderr
+    assert out.returncode == 78 and "not both" in out.stderr  # EX_CONFIG

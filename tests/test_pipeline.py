@@ -82,21 +82,26 @@ def test_enrolled_person_once_per_appearance_strangers_unknown(agent_engine, mat
     events, stats = run(agent_engine, matcher, cams, cooldown_s=0)
     known = [e for e in events if e["schema"] == "face-agent/recognized/1"]
     unknown = [e for e in events if e["schema"] == "face-agent/unknown/1"]
-    assert [e["person_id"] for e in known] == ["lin-manuel"], known
-    assert known[0]["box"]["x"] < 320 and known[0]["box"]["w"] > 80  # the close-up, left of centre
-    assert known[0]["score"] >= 80 and known[0]["far_level"] >= 4 and known[0]["group_id"] == "door"
-    # His first appearance is a 43-pixel face top right: too weak a match for FAR 1e-4, so it is reported
-    # unknown rather than guessed.
-    small = [e for e in unknown if e["box"]["x"] > 450 and e["box"]["y"] < 100]
-    assert len(small) == 1 and small[0]["best_score"] < 80
-    # Strangers: reported, as unknown, each appearance once, far from anyone enrolled.
-    strangers = [e for e in unknown if e not in small]
-    assert len(strangers) >= 3
-    assert all("person_id" not in e and (e["best_score"] is None or e["best_score"] < 70) for e in strangers)
+    # Both appearances are recognized, in order: first the 43-pixel face top right (the dlib ResNet matches it
+    # at ~90, FAR 1e-5; FaceNet could not), then the close-up, left of centre.
+    assert [e["person_id"] for e in known] == ["lin-manuel", "lin-manuel"], known
+    small, close = known
+    assert small["box"]["x"] > 450 and small["box"]["y"] < 100 and small["box"]["w"] < 50, small
+    assert small["score"] >= 85 and small["far_level"] >= 4, small
+    assert close["box"]["x"] < 320 and close["box"]["w"] > 80, close
+    assert close["score"] >= 80 and close["far_level"] >= 4 and close["group_id"] == "door"
+    assert small["track_id"] != close["track_id"]
+    # Strangers: reported, as unknown, each appearance once, below the FAR 1e-3 score for everyone enrolled.
+    assert len(unknown) >= 3
+    assert all("person_id" not in e and (e["best_score"] is None or e["best_score"] < 70) for e in unknown)
+    # At the cut to the audience (~7 s) a face appears where the close-up was (x ~311): it looks unlike
+    # Lin-Manuel (cosine ~0.88 on this model), so it starts its own track and is reported, not folded into his.
+    assert any(280 < e["box"]["x"] < 340 and e["box"]["y"] < 100 for e in unknown), unknown
     tracks = [e["track_id"] for e in events]
     assert len(tracks) == len(set(tracks)), "one event per track (appearance)"
     cam = stats["cameras"]["door"]
     assert cam["processed"] == 92 and cam["upgrades"] == 0 and cam["cooldown"] == 0
+    assert cam["known"] == 2 and cam["unknown"] == len(unknown)
     assert stats["events"] == {"published": len(events), "dropped": 0, "failed": 0, "queued": 0}
     assert {"detect", "embed", "match", "publish", "capture_to_publish"} <= set(stats["latency"])
 
