@@ -233,8 +233,12 @@ class RecognitionConfig(Strict):
     )
     max_faces: int = Field(10, ge=1, le=100, description="largest faces analysed per frame")
     iou_threshold: float = Field(0.3, ge=0.05, le=0.95, description="box overlap that continues a track")
-    track_min_similarity: float = Field(
-        0.35, ge=-1, le=1, description="cosine to a track's fused embedding a face needs to continue it"
+    track_min_similarity: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="cosine to a track's fused embedding a face needs to continue it; null: derived from "
+        "the model's FAR 1e-3 cosine (0.35 for FaceNet, 0.90 for the INT8 dlib ResNet)",
     )
     track_timeout_s: float = Field(1.0, gt=0, le=60, description="a track unseen this long has ended")
     max_missed_frames: int = Field(15, ge=1, le=1000, description="a track unseen this many frames has ended")

@@ -75,7 +75,7 @@ def _quality_gate():
 
 # The tracker's look-alike gate (`track_min_similarity`) is a cosine, and cosines mean different things per
 # model: different people score ~0.1 on FaceNet but ~0.8 on the dlib ResNet. Its default 0.35 was set for
-# FaceNet (FAR 1e-3 at cosine 0.511); unless the operator sets it, it is placed at the same distance from 1,
+# FaceNet (FAR 1e-3 at cosine 0.511); unless the operator sets one, it is placed at the same distance from 1,
 # relative to the model's own FAR 1e-3 cosine: 0.35 on FaceNet, 0.90 on the INT8 dlib ResNet (whose
 # different-person faces on the Hamilton clip's scene cut, 0.88-0.89, a 0.35 gate let through).
 TRACK_GATE_REACH = (1.0 - 0.35) / (1.0 - 0.511)
@@ -83,7 +83,7 @@ TRACK_GATE_REACH = (1.0 - 0.35) / (1.0 - 0.511)
 
 def track_min_similarity(cfg: RecognitionConfig, scores: ScoreMap) -> float:
     """The cosine a face needs to continue a track: the configured one if set, else scaled to the model."""
-    if "track_min_similarity" in cfg.model_fields_set:
+    if cfg.track_min_similarity is not None:
         return cfg.track_min_similarity
     far_1e3 = float(scores.cosine(FAR_SCORES["1e-3"]))
     return float(np.clip(1.0 - TRACK_GATE_REACH * (1.0 - far_1e3), -1.0, 1.0))

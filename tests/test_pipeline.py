@@ -95,7 +95,7 @@ def test_enrolled_person_once_per_appearance_strangers_unknown(agent_engine, mat
     assert len(unknown) >= 3
     assert all("person_id" not in e and (e["best_score"] is None or e["best_score"] < 70) for e in unknown)
     # At the cut to the audience (~7 s) a face appears where the close-up was (x ~311): it looks unlike
-    # Lin-Manuel (cosine ~0.88 on this model), so it starts its own track and is reported, not folded into his.
+    # Lin-Manuel (cosine ~0.88 on this model), so it starts its own track, reported apart from his.
     assert any(280 < e["box"]["x"] < 340 and e["box"]["y"] < 100 for e in unknown), unknown
     tracks = [e["track_id"] for e in events]
     assert len(tracks) == len(set(tracks)), "one event per track (appearance)"

@@ -163,7 +163,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_table(rows: list[dict]) -> str:
-    dlib = next((r for r in rows if r.get("config", "").startswith("dlib baseline") and "error" not in r), None)
+    dlib = next(
+        (r for r in rows if r.get("config", "").startswith("dlib baseline") and "error" not in r), None
+    )
     base = dlib["faces_per_s_single"] if dlib and dlib.get("faces_per_s_single") else None
     lines = [
         "| configuration | detect 640x480 median / p90 ms | embed 1 face median / p90 ms | faces/s batch 8 "
