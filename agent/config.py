@@ -325,25 +325,28 @@ class AgentConfig(Strict):
         return self
 
 
+def read_yaml_mapping(path: Path) -> dict:
+    """The top-level mapping of a YAML config file; any problem is one readable ConfigError."""
+    import yaml  # only the CLI path needs it
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
 def load_agent_config(
     path: Path | None, environ: Mapping[str, str] | None = None, source: str | None = None
 ) -> AgentConfig:
     """Read and validate the YAML file (None: built-in defaults). `source` replaces the cameras by one
     camera reading that path/URL/index. Any problem is one readable ConfigError."""
-    import yaml  # only the CLI path needs it
-
     environ = os.environ if environ is None else environ
-    data: object = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    data = dict(data)  # type: ignore[arg-type]
+    data = read_yaml_mapping(path) if path is not None else {}
     data.setdefault("state_dir", str(default_state_dir(environ)))
     if source is not None:
         data["cameras"] = [{"id": "cam0", "source": source}]

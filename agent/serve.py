@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.api.config import ApiConfig
-from agent.config import EngineConfig, default_state_dir, parse_model
+from agent.config import EngineConfig, default_state_dir, parse_model, read_yaml_mapping
 from agent.errors import ConfigError, FatalError
 from agent.gallery.config import GalleryConfig
 from agent.log import LogConfig
@@ -71,18 +71,9 @@ def load_serve_config(
 ) -> ServeConfig:
     """Read the YAML file (None: defaults), apply dotted-key overrides from flags (None values skipped),
     default the state directory to $STATE_DIRECTORY or ./state. Every problem is one ConfigError."""
-    import yaml  # CLI path only
-
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raw = read_yaml_mapping(path)
         data = {k: v for k, v in raw.items() if k not in RUN_ONLY_SECTIONS and k != "stop_timeout_s"}
         if "stop_timeout_s" in raw:
             data["stop_timeout_s"] = raw["stop_timeout_s"]

@@ -244,3 +244,39 @@ def test_events_reach_a_real_broker(
     assert snapshots and snapshots[0][:3] == b"\xff\xd8\xff"
     assert sub.json_on("face-agent/agent-test/cameras/door/unknown")
     assert (tmp_path / "state" / "outbox.sqlite3").exists()
+
+
+def test_api_beside_the_cameras_shares_engine_and_gallery(
+    agent_engine, agent_thresholds, data_dir: Path, tmp_path: Path
+) -> None:
+    """`api:` in the run config: the HTTP API answers from the camera loop's own engine and gallery, and keeps
+    serving after a finite source has ended."""
+    import base64
+
+    state = enrolled_state(agent_engine, data_dir, tmp_path / "state")
+    camera = {"id": "door", "source": str(data_dir / HAMILTON), "realtime": False, "max_fps": 5}
+    api = {"host": "127.0.0.1", "port": 0, "allow_unauthenticated_loopback": True}
+    path = write_config(tmp_path / "agent.yaml", state, agent_thresholds, [camera], api=api)
+    app = AgentApp(load_agent_config(path, {}), {})
+    try:
+        app.start()
+        assert app.api is not None and app.api.ctx.engine is app.engine and app.api.ctx.gallery is app.gallery
+        image = base64.b64encode((data_dir / FR / "lin-manuel-miranda.png").read_bytes()).decode()
+        req = urllib.request.Request(
+            app.api.url + "/api/v1/groups/door/search",
+            data=json.dumps({"image_base64": image}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = json.loads(resp.read())
+        best = body["faces"][0]["candidates"][0]
+        assert best["outer_id"] == "lin-manuel" and best["score"] >= 90
+        deadline = time.monotonic() + 90
+        while not app.pipeline.done.is_set() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert app.pipeline.done.is_set() and not app.finished  # the source ended, the API still serves
+        with urllib.request.urlopen(app.api.url + "/api/v1/health", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        app.stop()
