@@ -60,7 +60,6 @@ SYSTEM = {
     "auth_not_allowed": (403, "10006", "appkey 无权调用此接口"),
     "busy": (429, "10020", "系统繁忙,请稍候再试"),
     "unavailable": (503, "10020", "系统繁忙,请稍候再试"),
-    "quality_unavailable": (501, "10021", "质量模块未安装"),
     "not_found": (404, "10404", "接口不存在"),
     "method_not_allowed": (405, "10405", "请求方式不支持"),
     "length_required": (411, "10411", "需要 Content-Length"),

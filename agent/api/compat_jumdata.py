@@ -43,7 +43,6 @@ CODES: dict[str, tuple[int, str]] = {
     "unavailable": (606, "调用超限,请稍候再试"),
     "busy": (609, "请求过于频繁,请稍候再试"),
     "engine_timeout": (610, "请求超时"),
-    "quality_unavailable": (999, "质量控制不可用: 质量模块未安装"),
     "internal": (500, "系统维护,请稍候再试"),
 }
 
@@ -84,8 +83,6 @@ class JumdataApi:
         liveness = get_choice(form, "livenessControl", "NONE", LEVELS)
         max_users = get_int(form, "maxUserNum", 1, 1, 20)
         groups = self._groups(form)
-        if quality != "NONE" and not self.ctx.quality.available:
-            raise ApiError("quality_unavailable", "quality gate not installed", "qualityControl")
         image = self._image(form)
         embs = self.ctx.analyze(image, max_faces)
         if quality != "NONE":

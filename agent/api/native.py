@@ -60,7 +60,6 @@ STATUS = {
     "no_face": 422,
     "quality_failed": 422,
     "busy": 429,
-    "quality_unavailable": 501,
     "unavailable": 503,
     "engine_timeout": 504,
     "internal": 500,
@@ -200,7 +199,6 @@ class NativeApi:
             {
                 "status": "ok",
                 "model_id": self.ctx.model_id,
-                "quality_gate": self.ctx.quality.available,
                 "engine_rejected": self.ctx.gate.rejected,
             },
         )

@@ -20,7 +20,6 @@ NATIVE_ERRORS = {
     "413": "body_too_large, image_file_too_large",
     "422": "no_face, quality_failed",
     "429": "busy (engine queue full; Retry-After)",
-    "501": "quality_unavailable",
     "503": "unavailable (gallery busy or index loading; Retry-After)",
     "504": "engine_timeout",
 }

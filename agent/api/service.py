@@ -33,8 +33,6 @@ LEVELS = ("NONE", "LOW", "NORMAL", "HIGH")
 class QualityGate:
     """The quality gate (agent.gates.quality) as the API families use it."""
 
-    available = True
-
     def measure(self, image: Image, face: Face) -> QualityMeasures:
         return measure_quality(image.pixels, face)
 
