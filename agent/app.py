@@ -3,8 +3,9 @@
 Start: logging, metrics/health endpoint, watchdog -> engine (warm-up) -> gallery (indexes loaded) -> event
 sink -> recognition threads -> capture threads -> READY=1. Stop (SIGTERM/SIGINT, or every finite source
 finished): STOPPING=1 -> capture -> recognition (queued events are still published) -> sink -> gallery ->
-endpoint. SIGHUP re-reads the config file and restarts cameras and recognition with it; the engine, gallery
-and sink keep running (a change to those sections is logged as needing a restart).
+endpoint. SIGHUP re-reads the config file and reopens the gallery (picking up faces enrolled by another
+process), then restarts cameras, recognition and the API; the engine and sink keep running (a change to
+those sections is logged as needing a restart).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class AgentApp:
             cfg.publish, [c.id for c in cfg.cameras], stats_provider=self._stats, sw_version=__version__
         )
         self.sink.start()
+        self._publish_gallery_version()
         if cfg.api is not None:
             self._start_api(cfg)
         self._start_cameras(cfg)
@@ -146,6 +148,14 @@ class AgentApp:
         except OSError as exc:
             raise FatalError(f"cannot listen on {api_cfg.host}:{api_cfg.port}: {exc}") from exc
         log.info("HTTP API on %s", self.api.url)
+
+    def _publish_gallery_version(self) -> None:
+        """Retained gallery version of the recognition group and model: face count, newest face label and
+        label sum (labels are never reused, so any add or delete changes it)."""
+        group, model = self.cfg.recognition.group_id, self.engine.model_id
+        count, newest, total = self.gallery.store.fingerprint(group, model)
+        persons = len(self.gallery.list_persons(group))
+        self.sink.publish_gallery_version(f"{count}-{newest}-{total}", persons=persons, faces=count)
 
     def _beat(self, name: str, max_age_s: float) -> Callable[[], None]:
         beat = self.heartbeats.register(name, max_age_s)
@@ -203,7 +213,9 @@ class AgentApp:
         return {} if self.pipeline is None else self.pipeline.stats()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; restart cameras and recognition with it. A bad file changes nothing."""
+        """SIGHUP: re-read the config and the gallery (faces enrolled by another process, e.g. `face-agent
+        enroll`, are in SQLite; reopening reconciles the indexes with it); restart cameras, recognition and
+        the API on them. A bad config file changes nothing."""
         if self.config_path is None:
             log.warning("SIGHUP ignored: no --config file to re-read")
             return
@@ -213,15 +225,24 @@ class AgentApp:
             log.error("reload refused, keeping the running config: %s", exc.message)
             return
         self.notifier.reloading()
-        for section in ("engine", "gallery", "publish", "metrics", "state_dir"):
+        for section in ("engine", "gallery", "publish", "metrics", "state_dir", "api"):
             if getattr(new, section) != getattr(self.cfg, section):
                 log.warning("config section %r changed: it takes effect at the next restart", section)
         if new.log != self.cfg.log:
             setup_logging(new.log, self.environ)
         self._stop_cameras(self.cfg.stop_timeout_s)
+        if self.api is not None:
+            self.api.stop(self.cfg.stop_timeout_s)
         self.cfg = self.cfg.model_copy(
             update={"cameras": new.cameras, "recognition": new.recognition, "log": new.log}
         )
+        self.readiness.set("gallery_loaded", False, "reloading")
+        self.gallery.close(self.cfg.stop_timeout_s)
+        self.gallery, self.matcher = self._open_gallery()
+        self.readiness.set("gallery_loaded", True, self.cfg.recognition.group_id)
+        self._publish_gallery_version()
+        if self.cfg.api is not None:
+            self._start_api(self.cfg)
         self._start_cameras(self.cfg)
         self.notifier.ready(self.status_text())
         log.info("reloaded: %d camera(s)", len(self.cfg.cameras))

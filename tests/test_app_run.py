@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -165,27 +167,51 @@ def test_notify_protocol_sighup_reload_and_sigterm(
         cwd=tmp_path,
         env=child_env(NOTIFY_SOCKET=str(notify)),
     )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+
+    def next_message(kind: str, timeout: float = 60.0) -> dict:
+        """The next stdout JSON line whose topic ends with `kind` (gallery versions come on stdout too)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))  # queue.Empty: test fails
+            msg = json.loads(line)
+            if msg["topic"].endswith(kind):
+                return msg
+
     try:
         messages = []
         while not any("READY=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())
-        line = proc.stdout.readline()
-        event = json.loads(line)
+        gallery = next_message("/gallery")
+        assert gallery["payload"]["persons"] == 1 and gallery["payload"]["faces"] == 1
+        event = next_message("/recognized")
         assert (
             event["topic"].endswith("/cameras/cam0/recognized")
             and event["payload"]["person_id"] == "lin-manuel"
         )
         assert proc.poll() is None
-        # SIGHUP: config re-read, cameras and recognition restarted (fresh trackers: the person is new again)
+        # Another process enrols Biden while the agent runs, and his photo joins the folder. SIGHUP: config
+        # and gallery re-read, cameras and recognition restarted (fresh trackers: Lin-Manuel is new again).
+        enrolled = Gallery(GalleryConfig(path=state / "gallery"))
+        try:
+            biden = agent_engine.analyze((data_dir / FR / "biden.jpg").read_bytes(), max_faces=1)[0]
+            enrolled.add_face("door", "biden", biden.vector, agent_engine.model_id)
+        finally:
+            enrolled.close()
+        (folder / "b.jpg").symlink_to(data_dir / FR / "knn_examples/train/biden/biden2.jpg")
         proc.send_signal(signal.SIGHUP)
         while not any("RELOADING=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())
         ready_count = sum("READY=1" in m for m in messages)
         while sum("READY=1" in m for m in messages) == ready_count:
             messages.append(sock.recv(4096).decode())
-        again = json.loads(proc.stdout.readline())
-        assert again["payload"]["person_id"] == "lin-manuel"
-        assert again["payload"]["event_id"] != event["payload"]["event_id"]
+        assert next_message("/gallery")["payload"]["persons"] == 2
+        seen = {}
+        while set(seen) != {"lin-manuel", "biden"}:
+            msg = next_message("/recognized")["payload"]
+            seen[msg["person_id"]] = msg
+        assert seen["lin-manuel"]["event_id"] != event["payload"]["event_id"]
         proc.send_signal(signal.SIGTERM)
         while not any("STOPPING=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())
