@@ -522,7 +522,10 @@ def test_publisher_killed_with_unacked_events_resends_them_after_restart(tmp_pat
         broker.stop()
     tracks = [json.loads(p)["track_id"] for _, p, _ in sub.messages]
     assert list(dict.fromkeys(tracks)) == list(range(produced))  # all of them, first deliveries in order
-    assert len(tracks) - produced <= cfg.mqtt.inflight_window  # re-sent only what was never acknowledged
+    # Re-sent only what was never acknowledged: at most the publisher's in-flight window, plus what the broker
+    # had in flight to the subscriber when it stopped (QoS 1 on that hop too; mosquitto's default
+    # max_inflight_messages is 20). Seen once in ~20 runs: 14 duplicates of 110. Resending all would be 110.
+    assert len(tracks) - produced <= cfg.mqtt.inflight_window + 20
 
 
 def openssl(*args: str) -> None:
