@@ -23,7 +23,11 @@ class GalleryConfig(BaseModel):
         5.0, gt=0, le=300, description="How long SQLite waits for a locked database."
     )
     hnsw_m: int = Field(
-        16, ge=4, le=64, description="HNSW graph degree M; more = better recall, more memory."
+        32,
+        ge=4,
+        le=64,
+        description="HNSW graph degree M; more = better recall, more memory. 32: recall@1 0.999 and p99 "
+        "1.05 ms at 1M x 128-d with ef_search 128 (16 gave 0.978 at ef 256; scripts/bench_gallery.py).",
     )
     ef_construction: int = Field(
         200, ge=16, le=1000, description="HNSW ef at build time; more = better graph, slower enrolment."
