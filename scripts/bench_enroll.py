@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--precision", choices=["int8", "fp32"], default="fp32")
+    ap.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     ap.add_argument("--quality", default="NORMAL")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
