@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import threading
@@ -141,6 +142,9 @@ def main() -> None:
             print(n, "cameras", json.dumps(throughput[f"{n}_cameras"]), flush=True)
         result["throughput_fast"] = throughput
         gallery.close()
+    # Peak resident memory of this process: engine, gallery and up to 4 cameras with their decoders.
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print("peak RSS", result["peak_rss_mb"], "MB", flush=True)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 
