@@ -93,8 +93,16 @@ class AgentApp:
         self.notifier.status("loading gallery")
         self.gallery, self.matcher = self._open_gallery()
         self.readiness.set("gallery_loaded", True, cfg.recognition.group_id)
+        sender_beat = None
+        if cfg.publish.mqtt is not None:  # the MQTT sender thread beats every tick, connected or not
+            age = cfg.recognition.heartbeat_max_age_s
+            sender_beat = self.heartbeats.register("mqtt-sender", age).beat
         self.sink = build_sink(
-            cfg.publish, [c.id for c in cfg.cameras], stats_provider=self._stats, sw_version=__version__
+            cfg.publish,
+            [c.id for c in cfg.cameras],
+            stats_provider=self._stats,
+            sw_version=__version__,
+            heartbeat=sender_beat,
         )
         self.sink.start()
         self._publish_gallery_version()

@@ -97,11 +97,12 @@ def run_serve(
     setup_logging(cfg.log, environ)
     notifier = Notifier.from_env(environ)
     interval = watchdog_interval(environ)
-    watchdog = WatchdogPinger(notifier, HeartbeatRegistry(), interval) if interval else None
+    heartbeats = HeartbeatRegistry()
+    watchdog = WatchdogPinger(notifier, heartbeats, interval) if interval else None
     if watchdog is not None:  # engine warm-up and index loading may take longer than the interval
         watchdog.start()
     try:
-        _serve(cfg, notifier, stop, on_ready)
+        _serve(cfg, notifier, stop, on_ready, heartbeats)
     finally:
         if watchdog is not None:
             watchdog.stop()
@@ -110,7 +111,11 @@ def run_serve(
 
 
 def _serve(
-    cfg: ServeConfig, notifier: Any, stop: threading.Event, on_ready: Callable[[str], None] | None
+    cfg: ServeConfig,
+    notifier: Any,
+    stop: threading.Event,
+    on_ready: Callable[[str], None] | None,
+    heartbeats: Any,
 ) -> None:
     from agent.api import ApiServer, build_context
     from agent.gallery import Gallery
@@ -133,14 +138,27 @@ def _serve(
             if on_ready is not None:
                 on_ready(server.url)
             notifier.notify("READY=1", f"STATUS=serving {engine.model_id} on {server.url}")
-            while not stop.wait(1.0):
-                pass
+            # The watchdog's heartbeat is a real request answered by the server: a hung server stops it.
+            beat = heartbeats.register("http-api", max(10.0, 4 * cfg.api.socket_timeout_s))
+            while not stop.wait(2.0):
+                if _answers(server.url + "/api/v1/health", cfg.api.socket_timeout_s):
+                    beat.beat()
             notifier.notify("STOPPING=1")
             log.info("stopping")
         finally:
             server.stop(cfg.stop_timeout_s)
     finally:
         gallery.close(cfg.stop_timeout_s)
+
+
+def _answers(url: str, timeout: float) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 def serve_main(args: Any) -> int:

@@ -252,6 +252,7 @@ def test_events_reach_a_real_broker(
         while not app.finished and time.monotonic() < deadline:
             time.sleep(0.1)
         assert app.finished
+        assert app.heartbeats.ages()["mqtt-sender"] < 2.0  # the publish thread counts for the watchdog
         assert sub.wait_for(lambda m: any(t.endswith("/recognized") for t, _, _ in m), timeout=10)
         with urllib.request.urlopen(app.health.url + "/readyz", timeout=5) as resp:
             assert resp.status == 200

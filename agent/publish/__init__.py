@@ -45,12 +45,15 @@ def build_sink(
     *,
     stats_provider: Callable[[], Mapping[str, Any]] | None = None,
     sw_version: str = "0",
+    heartbeat: Callable[[], None] | None = None,
 ) -> EventSink:
     """The MQTT publisher when a broker is configured, else a JSON-lines sink. Call `start()` on it."""
     if cfg.mqtt is not None:
         from agent.publish.mqtt import MqttPublisher  # paho is imported only when a broker is configured
 
-        return MqttPublisher(cfg, cameras, stats_provider=stats_provider, sw_version=sw_version)
+        return MqttPublisher(
+            cfg, cameras, stats_provider=stats_provider, sw_version=sw_version, heartbeat=heartbeat
+        )
     if cfg.jsonl_path is not None:
         return JsonlFileSink(cfg)
     return StdoutSink(cfg)

@@ -55,6 +55,7 @@ class MqttPublisher:
         stats_provider: Callable[[], Mapping[str, Any]] | None = None,
         sw_version: str = "0",
         clock: Callable[[], float] = time.time,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         if cfg.mqtt is None:
             raise ConfigError("MqttPublisher needs publish.mqtt; use a sink when no broker is configured")
@@ -65,6 +66,7 @@ class MqttPublisher:
         self._stats_provider = stats_provider
         self._sw_version = sw_version
         self._clock = clock
+        self._heartbeat = heartbeat or (lambda: None)  # the sender loop beats every tick, connected or not
         self._started_at = time.monotonic()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -282,6 +284,7 @@ class MqttPublisher:
         next_prune = next_stats = time.monotonic()
         next_stats += self._cfg.stats_interval_s
         while not self._stop.is_set():
+            self._heartbeat()
             self._wake.wait(_TICK_S)
             self._wake.clear()  # before reading news, so a set() racing with us is never lost
             try:
