@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.evaluation.calibrate import evaluate, make_engine, result_dict
-from agent.evaluation.metrics import FARS, far_key, kfold_accuracy
+from agent.evaluation.metrics import FARS, kfold_accuracy
 from agent.inference.manifest import Manifest
 
 
@@ -184,6 +184,3 @@ def _bench_table(rows: list[dict]) -> str:
             f"{e.get('p90_ms')} | {fps} | {ratio} | {r['peak_rss_mb']} |"
         )
     return "\n".join(lines)
-
-
-__all__ = ["run_eval", "run_bench", "far_key"]
