@@ -105,6 +105,8 @@ class AgentApp:
             heartbeat=sender_beat,
         )
         self.sink.start()
+        if cfg.publish.mqtt is not None:
+            self.metrics.track_outbox(lambda: self.sink.stats()["outbox"]["depth"])
         self._publish_gallery_version()
         if cfg.api is not None:
             self._start_api(cfg)
@@ -162,6 +164,7 @@ class AgentApp:
         label sum (labels are never reused, so any add or delete changes it)."""
         group, model = self.cfg.recognition.group_id, self.engine.model_id
         count, newest, total = self.gallery.store.fingerprint(group, model)
+        self.metrics.gallery_size.set(count)
         persons = len(self.gallery.list_persons(group))
         self.sink.publish_gallery_version(f"{count}-{newest}-{total}", persons=persons, faces=count)
 
@@ -215,7 +218,14 @@ class AgentApp:
         stats = self.pipeline.stats()
         cams = ", ".join(f"{k} {v['state']} {v['fps']} fps" for k, v in stats["cameras"].items())
         ev = stats["events"]
-        return f"{cams}; events {ev['published']} (dropped {ev['dropped']})"
+        faces = self._gallery_faces()
+        return f"{cams}; gallery {faces} faces; events {ev['published']} (dropped {ev['dropped']})"
+
+    def _gallery_faces(self) -> int:
+        """Faces of the recognition group and model (also exported as face_agent_gallery_size)."""
+        faces = self.gallery.store.fingerprint(self.cfg.recognition.group_id, self.engine.model_id)[0]
+        self.metrics.gallery_size.set(faces)
+        return faces
 
     def _stats(self) -> dict[str, object]:
         return {} if self.pipeline is None else self.pipeline.stats()

@@ -261,6 +261,8 @@ def test_events_reach_a_real_broker(
         assert 'face_agent_frames_total{camera="door"} 46.0' in metrics  # 9.2 s clip at 5 fps
         assert 'face_agent_frames_dropped_total{camera="door",reason="fps_cap"} 229.0' in metrics
         assert 'face_agent_stage_latency_seconds_count{stage="embed"}' in metrics
+        assert "face_agent_gallery_size 1.0" in metrics and "face_agent_outbox_depth " in metrics
+        assert "gallery 1 faces" in app.status_text()
     finally:
         app.stop()
         sub.close()
