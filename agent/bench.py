@@ -7,6 +7,7 @@ Each configuration runs in its own subprocess, so its peak RSS is its own. Media
 from __future__ import annotations
 
 import json
+import platform
 import resource
 import statistics
 import subprocess
@@ -31,6 +32,17 @@ def _frames(paths: list[Path]) -> list[np.ndarray]:
         frame[: small.shape[0], : small.shape[1]] = small
         out.append(frame)
     return out
+
+
+def cpu_model() -> str:
+    """The CPU model name for benchmark reports: numbers only mean something beside their machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _stats(samples: list[float]) -> dict[str, float]:

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.bench import cpu_model  # noqa: E402
 from agent.config import EmbedderConfig, EngineConfig  # noqa: E402
 from agent.enroll import EnrollConfig, Enroller, items_from_folder  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig  # noqa: E402
@@ -39,16 +40,6 @@ def build_folder(data: Path, people: int, per_person: int, out: Path) -> int:
             os.symlink(img, out / person.name / img.name)
             count += 1
     return count
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:
@@ -67,7 +58,7 @@ def main() -> int:
 
     engine = FaceEngine(EngineConfig(embedder=EmbedderConfig(precision=args.precision)))
     print(
-        f"machine: {os.cpu_count()} CPUs, {cpu_name()}, load average {os.getloadavg()}, "
+        f"machine: {os.cpu_count()} CPUs, {cpu_model()}, load average {os.getloadavg()}, "
         f"Python {platform.python_version()}; engine {engine.model_id} on {engine.config.runtime.kind}"
     )
     rows = []

@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.bench import cpu_model  # noqa: E402
 from agent.capture import CaptureWorker, open_source  # noqa: E402
 from agent.config import CameraConfig, EmbedderConfig, EngineConfig, RecognitionConfig  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap  # noqa: E402
@@ -45,16 +45,8 @@ ENROL = {
 
 
 def machine() -> dict[str, object]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
         "python": sys.version.split()[0],
