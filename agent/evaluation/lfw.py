@@ -18,11 +18,8 @@ class Dataset:
     paths: list[Path]
     identities: np.ndarray  # int label per path
 
-    def index_of(self, name: str, number: int) -> int:
-        return self._lookup[(name, number)]
-
-    @property
-    def _lookup(self) -> dict[tuple[str, int], int]:
+    def lookup(self) -> dict[tuple[str, int], int]:
+        """(person name, image number) -> index into `paths`, as LFW's pairs files name images."""
         return {(p.parent.name, int(p.stem.rsplit("_", 1)[1])): i for i, p in enumerate(self.paths)}
 
 
@@ -37,7 +34,7 @@ def load_dataset(root: Path) -> Dataset:
 
 def read_pairs(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(K, 2) dataset indices and (K,) bool same-person labels, from LFW's pairs format."""
-    lookup = ds._lookup
+    lookup = ds.lookup()
     idx, same = [], []
     for line in path.read_text().splitlines()[1:]:
         parts = line.split()
