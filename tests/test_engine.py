@@ -167,3 +167,17 @@ def test_analyze_max_faces_keeps_largest(ov, data_dir):
     areas = [f.face.box.width * f.face.box.height for f in all_faces]
     assert areas == sorted(areas, reverse=True)
     assert [f.face.box for f in two] == [f.face.box for f in all_faces[:2]]
+
+
+def test_embedder_input_tensor_follows_the_manifest(ov, data_dir):
+    """The one-call preprocessing equals the manifest's definition: RGB, (x - mean) * scale, its layout."""
+    bgr = cv2.imread(str(data_dir / "faces/face_recognition/examples/two_people.jpg"))
+    emb = ov.embedder
+    chips = emb.chips(bgr, ov.detect(bgr))
+    info = emb.info.input
+    want = (np.stack(chips)[..., ::-1].astype(np.float32) - np.float32(info["mean"])) * np.float32(info["scale"])
+    if info["layout"] == "NCHW":
+        want = want.transpose(0, 3, 1, 2)
+    got = emb.preprocess(chips)
+    assert got.shape == want.shape and got.flags.c_contiguous
+    assert float(np.abs(got - want).max()) < 1e-5

@@ -25,13 +25,23 @@ def _best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     return max(acc)[1]
 
 
+def balanced_folds(same: np.ndarray, folds: int = 10) -> list[np.ndarray]:
+    """LFW's fold layout: fold k holds the k-th block of the same-person pairs and the k-th block of the
+    different-person pairs, in file order. Splitting the file into contiguous blocks instead would give
+    single-class folds, because pairsDevTrain lists all its same-person pairs first."""
+    pos, neg = np.flatnonzero(same), np.flatnonzero(~same)
+    return [
+        np.concatenate([p, n])
+        for p, n in zip(np.array_split(pos, folds), np.array_split(neg, folds), strict=True)
+    ]
+
+
 def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: int = 10) -> tuple[float, float, float]:
     """LFW protocol: pick the threshold on 9 folds, measure on the 10th. Returns mean, std, mean threshold."""
+    same = np.asarray(same, bool)
     idx = np.arange(len(scores))
-    parts = np.array_split(idx, folds)
     accs, thrs = [], []
-    for k in range(folds):
-        test = parts[k]
+    for test in balanced_folds(same, folds):
         train = np.setdiff1d(idx, test)
         t = _best_threshold(scores[train], same[train])
         accs.append(np.mean((scores[test] >= t) == same[test]))
