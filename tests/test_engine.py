@@ -175,7 +175,8 @@ def test_embedder_input_tensor_follows_the_manifest(ov, data_dir):
     emb = ov.embedder
     chips = emb.chips(bgr, ov.detect(bgr))
     info = emb.info.input
-    want = (np.stack(chips)[..., ::-1].astype(np.float32) - np.float32(info["mean"])) * np.float32(info["scale"])
+    mean, scale = np.float32(info["mean"]), np.float32(info["scale"])
+    want = (np.stack(chips)[..., ::-1].astype(np.float32) - mean) * scale
     if info["layout"] == "NCHW":
         want = want.transpose(0, 3, 1, 2)
     got = emb.preprocess(chips)

@@ -7,6 +7,7 @@ Two kinds of evidence, both pure (no model, no I/O):
 - `TrackLiveness`: fed the frames of one tracked face. It follows image features inside the face across frames
   and fits one homography per frame pair: a print or a screen is a plane, so all its features move by one
   homography whatever the motion; a real head's nose, cheeks and eyes do not (parallax, blinks, speech).
+  Optionally it also counts blinks (agent/gates/blink.py) from eye openness measured by the face mesh.
 `evaluate_liveness(report, level)` applies one of LIVENESS_LEVELS; no report means refusal (fail closed).
 `Challenge` is the optional active check of HIGH: a random head-turn request verified from the keypoint pose.
 """
@@ -17,7 +18,7 @@ import math
 import secrets
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import cv2
@@ -25,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError
+from agent.gates.blink import BlinkConfig, BlinkDetector
 from agent.gates.pose import estimate_pose
 from agent.types import Face
 
@@ -39,6 +41,7 @@ REASONS = (
     "no_3d_evidence",  # the face hardly moved or changed: nothing tells a live head from a still print
     "passive_spoof_cues",  # a track whose median single-frame score is below 0.5
     "challenge_failed",
+    "no_blink",  # the level requires a blink (require_blink) and the track has not blinked
 )
 
 
@@ -50,6 +53,7 @@ class LivenessReport:
     passive_score: float = 1.0
     track_score: float | None = None  # None: single image, no temporal evidence
     challenge_passed: bool | None = None  # None: no challenge was run
+    blinked: bool | None = None  # the track blinked at least once; None: the blink cue did not run
 
     @property
     def passed(self) -> bool:
@@ -265,8 +269,14 @@ class TrackLiveness:
     0.6 s, i.e. about 0.6 s at 15-30 fps). Memory is bounded: one work crop, <= max_points features, and
     `history` per-frame values."""
 
-    def __init__(self, config: TrackConfig | None = None, passive: PassiveBounds | None = None) -> None:
+    def __init__(
+        self,
+        config: TrackConfig | None = None,
+        passive: PassiveBounds | None = None,
+        blink: BlinkConfig | None = None,
+    ) -> None:
         self.config = config or TrackConfig()
+        self.blink = BlinkDetector(blink) if blink is not None else None  # None: no blink cue
         self._passive_bounds = passive
         self._seg: _Segment | None = None
         self._h_res: deque[float] = deque(maxlen=self.config.history)
@@ -278,11 +288,16 @@ class TrackLiveness:
         self._frames = 0
         self.segments = 0
 
+    def wants_eyes(self, face: Face, timestamp: float) -> bool:
+        """Should the caller measure eye openness (run the face mesh) on this frame? False without a blink
+        cue, for small faces, above the configured rate and once the track has blinked enough."""
+        return self.blink is not None and self.blink.wants(face.box.width, timestamp)
+
     def update(
-        self, image_bgr: np.ndarray, face: Face, timestamp: float, landmarks: np.ndarray | None = None
+        self, image_bgr: np.ndarray, face: Face, timestamp: float, eye_openness: float | None = None
     ) -> LivenessReport | None:
         """Feed one frame (timestamps in seconds, increasing). Returns a report once there is enough evidence.
-        `landmarks` is accepted for a future face-mesh cue and not used yet."""
+        `eye_openness` (agent/gates/mesh.py) feeds the blink cue on the frames `wants_eyes` asked for."""
         if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.size == 0:
             raise InputError("liveness needs a non-empty HxWx3 BGR image array", code="invalid_image")
         if self._t_first is not None and timestamp < self._t_last:
@@ -290,6 +305,8 @@ class TrackLiveness:
         grey = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
         self._t_first = timestamp if self._t_first is None else self._t_first
         self._t_last = timestamp
+        if eye_openness is not None and self.blink is not None:
+            self.blink.update(eye_openness, timestamp)
         if self._frames % self.config.passive_every == 0:
             self._passive.append(passive_liveness(image_bgr, face, self._passive_bounds).score)
         self._frames += 1
@@ -363,9 +380,13 @@ class TrackLiveness:
         motion = float(np.percentile(self._s_res, c.percentile))
         track_score = _ramp(nonplanar, c.plane_lo, c.plane_hi)
         passive = float(np.median(self._passive)) if self._passive else 1.0
+        blinked = None if self.blink is None else self.blink.blinks > 0
         reasons: list[str] = []
-        if track_score < 0.5:
-            reasons.append("planar_motion" if motion >= c.min_motion else "no_3d_evidence")
+        planar = track_score < 0.5 and motion >= c.min_motion
+        if track_score < 0.5 and not blinked:
+            reasons.append("planar_motion" if planar else "no_3d_evidence")
+        elif planar:
+            reasons.append("planar_motion")  # a blink never excuses a face that moved like a plane
         if passive < 0.5:
             reasons.append("passive_spoof_cues")
         yaw_range = float(np.ptp(self._yaw)) if self._yaw else 0.0
@@ -378,9 +399,17 @@ class TrackLiveness:
             "yaw_range": yaw_range,
             "passive_median": passive,
         }
-        score = min(track_score, passive)
+        if self.blink is not None:
+            measures.update(self.blink.measures())
+        # A blink is live evidence of its own (a still print never blinks) unless the face moved as a plane.
+        live = 1.0 if blinked and not planar else track_score
         return LivenessReport(
-            score, tuple(reasons), MappingProxyType(measures), passive_score=passive, track_score=track_score
+            min(live, passive),
+            tuple(reasons),
+            MappingProxyType(measures),
+            passive_score=passive,
+            track_score=track_score,
+            blinked=blinked,
         )
 
 
@@ -396,14 +425,26 @@ class LivenessThresholds(BaseModel):
     require_track: bool = Field(description="camera loop: temporal evidence of a 3D, live face is required")
     min_track: float = Field(ge=0, le=1, description="lowest track_score when require_track")
     require_challenge: bool = Field(False, description="camera loop: an active challenge must be passed")
+    blink_counts: bool = Field(
+        False,
+        description="camera loop: a blink stands in for missing parallax (no_3d_evidence), never for a face "
+        "that moved like a plane (planar_motion)",
+    )
+    require_blink: bool = Field(False, description="camera loop: the track must have blinked (no_blink)")
+
+    @property
+    def uses_blinks(self) -> bool:
+        """The camera loop must run the face mesh for this level."""
+        return self.blink_counts or self.require_blink
 
 
 LIVENESS_LEVELS: dict[str, LivenessThresholds] = {
     # Refuses only positive evidence of a spoof: screen/print cues, or a face that moved like a flat plane.
     "LOW": LivenessThresholds(min_passive=0.5, require_track=False, min_track=0.0),
-    # Additionally needs the face to show non-planar motion (parallax, blink, speech) within the track.
-    "NORMAL": LivenessThresholds(min_passive=0.5, require_track=True, min_track=0.5),
-    # Stricter bounds; with require_challenge (kiosks with a screen) also a random head-turn request.
+    # Additionally needs live evidence within the track: non-planar motion (parallax, speech) or a blink.
+    "NORMAL": LivenessThresholds(min_passive=0.5, require_track=True, min_track=0.5, blink_counts=True),
+    # Stricter bounds, parallax required: a blink does not stand in, because a print with the eyes cut
+    # out blinks (the attacker's own eyes). With require_challenge (kiosks with a screen) also a head turn.
     "HIGH": LivenessThresholds(min_passive=0.75, require_track=True, min_track=0.75),
 }
 
@@ -431,14 +472,7 @@ def evaluate_liveness(
             0.0, () if level == "NONE" else ("no_liveness_result",), empty, passive_score=0.0
         )
     if level == "NONE":
-        return LivenessReport(
-            report.score,
-            (),
-            report.measures,
-            report.passive_score,
-            report.track_score,
-            report.challenge_passed,
-        )
+        return replace(report, reasons=())
     bounds = levels[level]
     reasons = [r for r in report.reasons if r in ("screen_moire", "specular_glare", "frame_edges")]
     if report.passive_score < bounds.min_passive:
@@ -448,25 +482,19 @@ def evaluate_liveness(
             reasons.append("needs_video")
     else:
         planar = "planar_motion" in report.reasons
-        if planar or (bounds.require_track and report.track_score < bounds.min_track):
+        blink_stands_in = bounds.blink_counts and report.blinked is True
+        if planar or (bounds.require_track and report.track_score < bounds.min_track and not blink_stands_in):
             reasons.append("planar_motion" if planar else "no_3d_evidence")
+    if bounds.require_blink and not single_image and report.blinked is not True:
+        reasons.append("no_blink")
     if bounds.require_challenge and not single_image and report.challenge_passed is not True:
         reasons.append("challenge_failed")
-    return LivenessReport(
-        report.score,
-        tuple(dict.fromkeys(reasons)),
-        report.measures,
-        report.passive_score,
-        report.track_score,
-        report.challenge_passed,
-    )
+    return replace(report, reasons=tuple(dict.fromkeys(reasons)))
 
 
 def with_challenge(report: LivenessReport, passed: bool | None) -> LivenessReport:
     """The same report carrying a challenge outcome (evaluate_liveness reads it)."""
-    return LivenessReport(
-        report.score, report.reasons, report.measures, report.passive_score, report.track_score, passed
-    )
+    return replace(report, challenge_passed=passed)
 
 
 # ---- active challenge -----------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from agent.config import EngineConfig
 from agent.errors import InputError, ModelError
-from agent.inference.manifest import ModelInfo
-from agent.inference.runtime import Session
+from agent.inference.manifest import Manifest, ModelInfo
+from agent.inference.runtime import Session, open_session
 from agent.types import Face
 
 ROI_SCALE = 1.5
@@ -37,6 +38,15 @@ def eye_openness(points: np.ndarray) -> float:
         width = np.linalg.norm(points[outer, :2] - points[inner, :2])
         ratios.append(np.linalg.norm(points[upper, :2] - points[lower, :2]) / max(float(width), 1e-6))
     return float(np.mean(ratios))
+
+
+def open_face_mesh(
+    engine: EngineConfig, model: str = "face-mesh", manifest: Manifest | None = None
+) -> FaceMesh:
+    """The face mesh on the engine's runtime and device, its file checked against the manifest's sha256."""
+    manifest = manifest or Manifest(engine.models_dir)
+    info = manifest.info(model, "fp32", engine.runtime.kind, engine.verify_checksums)
+    return FaceMesh(info, open_session(info.files, engine.runtime))
 
 
 class FaceMesh:
@@ -80,3 +90,12 @@ class FaceMesh:
         z = pts[:, 2] * float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))
         logit = float(np.asarray(out[self._flag]).reshape(-1)[-1])
         return Mesh(np.c_[xy, z].astype(np.float32), 1.0 / (1.0 + math.exp(-logit)))
+
+    def eye_openness(
+        self, image_bgr: np.ndarray, face: Face, min_face_probability: float = 0.5
+    ) -> float | None:
+        """Eye openness of `face`, or None when the mesh does not see a face in the crop (eyes unknown)."""
+        mesh = self.landmarks(image_bgr, face)
+        if mesh.face_probability < min_face_probability:
+            return None
+        return eye_openness(mesh.points)

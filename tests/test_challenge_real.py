@@ -1,0 +1,81 @@
+"""The HIGH level's head-turn `Challenge` on real people: segments of the real videos where a person really
+turns their head (found with the keypoint pose, then checked by looking at the frames: docs/liveness.md).
+The matching instruction must pass, the opposite one fail, and on the mirrored video the reverse."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from agent.gates.liveness import Challenge
+from agent.gates.pose import estimate_pose
+from agent.types import Box
+
+ROOT = Path(__file__).resolve().parent.parent
+HAMILTON = "faces/face_recognition/examples/short_hamilton_clip.mp4"
+PEDESTRIANS = "faces/facenet_pytorch/examples/video.mp4"
+
+
+@pytest.fixture(scope="module")
+def synth():
+    spec = importlib.util.spec_from_file_location("liveness_eval", ROOT / "scripts" / "liveness_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["liveness_eval"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def turns(agent_engine, data_dir, synth):
+    """(name, frames of one real head turn to the subject's right). Hamilton: Lin-Manuel Miranda at the
+    microphone, 2.7-4.1 s (yaw about +7 to -37 degrees); pedestrians: the man in front, 2.9-3.6 s."""
+    out = []
+    for video, t0, t1 in ((HAMILTON, 2.7, 4.1), (PEDESTRIANS, 2.9, 3.6)):
+        track = max(synth.live_tracks(agent_engine, data_dir / video), key=len)
+        out.append((video, [(f, face, t) for f, face, t in track if t0 <= t <= t1]))
+    return out
+
+
+def _run(instruction: str, frames) -> bool | None:
+    challenge = Challenge(instruction=instruction)
+    for _, face, t in frames:
+        if challenge.update(face, t) is not None:
+            break
+    return challenge.result
+
+
+def _mirrored(engine, frames):
+    """The same segment flipped left-right, faces detected again (the face that overlaps the mirrored box)."""
+    out = []
+    for frame, face, t in frames:
+        flipped = cv2.flip(frame, 1)
+        w = frame.shape[1]
+        box = Box(w - face.box.x2, face.box.y1, w - face.box.x1, face.box.y2)
+        best = max(engine.detect(flipped), key=lambda f: f.box.iou(box))
+        assert best.box.iou(box) > 0.3  # the detector is not exactly mirror-symmetric
+        out.append((flipped, best, t))
+    return out
+
+
+def test_real_turns_are_turns(turns):
+    for video, frames in turns:
+        yaws = [estimate_pose(face.keypoints).yaw for _, face, _ in frames]
+        assert len(frames) >= 15, video
+        assert yaws[0] - min(yaws) >= 25, (video, yaws)  # a real, large turn, not keypoint jitter
+
+
+def test_challenge_on_real_head_turns(agent_engine, turns):
+    for video, frames in turns:
+        assert _run("turn_right", frames) is True, video
+        assert _run("turn_left", frames) is False, video  # the opposite direction fails
+        mirrored = _mirrored(agent_engine, frames)
+        assert _run("turn_right", mirrored) is not True, video  # the mirror image never passes it
+        if video == HAMILTON:
+            assert _run("turn_left", mirrored) is True  # mirrored, the person turns to their left
+            assert _run("turn_right", mirrored) is False
+        # The pedestrian's mirrored keypoints (a 100 px face in 1080p) do not mirror the pose: yaw jitters
+        # between +5 and +30 and neither instruction is decided within the segment (docs/liveness.md).
