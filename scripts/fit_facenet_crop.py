@@ -38,7 +38,9 @@ def _mtcnn():  # noqa: ANN202 - the package has no types
 def _central(boxes: list[np.ndarray], width: int, height: int) -> np.ndarray | None:
     if not boxes:
         return None
-    return min(boxes, key=lambda b: ((b[0] + b[2]) / 2 - width / 2) ** 2 + ((b[1] + b[3]) / 2 - height / 2) ** 2)
+    return min(
+        boxes, key=lambda b: ((b[0] + b[2]) / 2 - width / 2) ** 2 + ((b[1] + b[3]) / 2 - height / 2) ** 2
+    )
 
 
 def _pair_images(lfw_root: Path) -> set[str]:
@@ -86,7 +88,7 @@ def fit_crop(models_dir: Path, lfw_root: Path, count: int = 1500, seed: int = 0)
     x, y = np.array(feats), np.array(targets)
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     rms = np.sqrt(((y - x @ coef) ** 2).mean(0))
-    print(f"fitted on {len(x)} faces; residual rms (box sides) {rms.round(4)} against spread {y.std(0).round(4)}")
+    print(f"fitted on {len(x)} faces; residual rms {rms.round(4)} box sides, spread {y.std(0).round(4)}")
     return {
         "method": "regressed-box",
         "size": 160,
