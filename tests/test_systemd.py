@@ -355,3 +355,27 @@ def test_unit_contract_and_readme_explains_every_key() -> None:
     readme = (ROOT / "systemd" / "README.md").read_text()
     missing = sorted({key for key in _unit_keys(text) if f"`{key}=" not in readme})
     assert missing == [], f"systemd/README.md does not explain {missing}"
+
+
+def test_sysusers_config_creates_the_units_account(tmp_path: Path) -> None:
+    """systemd-sysusers itself applies systemd/face-agent.sysusers to an empty root: the account it makes is
+    the one the unit runs as (User=, SupplementaryGroups=, home = StateDirectory=)."""
+    tool = shutil.which("systemd-sysusers")
+    assert tool, "systemd-sysusers missing (scripts/test.sh installs systemd)"
+    (tmp_path / "etc").mkdir()
+    conf = (ROOT / "systemd" / "face-agent.sysusers").read_text()
+    out = subprocess.run(
+        [tool, f"--root={tmp_path}", "-"], input=conf, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    unit = UNIT.read_text()
+    user = re.search(r"^User=(\S+)$", unit, re.M).group(1)
+    groups = re.search(r"^SupplementaryGroups=(.+)$", unit, re.M).group(1).split()
+    state = re.search(r"^StateDirectory=(\S+)$", unit, re.M).group(1)
+    passwd = {f[0]: f for f in (ln.split(":") for ln in (tmp_path / "etc/passwd").read_text().splitlines())}
+    name, _, uid, gid, _, home, shell = passwd[user]
+    assert 0 < int(uid) < 1000 and home == f"/var/lib/{state}" and shell == "/usr/sbin/nologin"
+    group = {f[0]: f for f in (ln.split(":") for ln in (tmp_path / "etc/group").read_text().splitlines())}
+    assert group[user][2] == gid  # its own group is its primary group
+    for g in groups:
+        assert user in group[g][3].split(","), f"{user} not in group {g}"
