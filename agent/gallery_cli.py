@@ -22,6 +22,7 @@ import numpy as np
 
 from agent.errors import InputError
 from agent.gallery import Gallery, NewFace
+from agent.gallery.store import FACE_ID_RE
 
 FORMAT = "face-agent-gallery"
 VERSION = 1
@@ -192,6 +193,9 @@ def read_archive(path: Path) -> Archive:
                     raise InputError(f"{path}:{n}: unknown record type {kind!r}", code="invalid_archive")
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
         raise InputError(f"cannot read archive {path}: {exc}", code="invalid_archive") from exc
+    ids = [f["face_id"] for f in arc.faces if f.get("face_id") is not None]
+    if len(ids) != len(set(ids)):
+        raise InputError(f"{path}: the same face_id appears twice", code="invalid_archive")
     got = {"groups": len(arc.groups), "persons": len(arc.persons), "faces": len(arc.faces)}
     if end is None:
         raise InputError(f"{path} has no end record: the archive is truncated", code="invalid_archive")
@@ -230,6 +234,9 @@ def _decode_face(path: Path, n: int, rec: dict[str, Any], dims: dict[str, int]) 
         str(rec["group_id"]), str(rec["outer_id"])
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path}:{n}: malformed face record: {exc}", code="invalid_archive") from exc
+    face_id = rec.get("face_id")
+    if face_id is not None and not (isinstance(face_id, str) and FACE_ID_RE.match(face_id)):
+        raise InputError(f"{path}:{n}: face_id {face_id!r} is not a face id", code="invalid_archive")
     if vec.shape[0] != dim or dims.setdefault(model, dim) != dim:
         raise InputError(
             f"{path}:{n}: model {model} embeddings of {vec.shape[0]} values, expected {dims[model]}",
@@ -270,10 +277,36 @@ def check_models(gallery: Gallery, arc: Archive, allow_unknown: bool, models_dir
                 )
 
 
+def _present_by_id(gallery: Gallery, arc: Archive) -> set[str]:
+    """Archive face ids the gallery already holds as the same face (group, person, embedding). The same id on
+    another face is refused before anything is written: the import must not half-apply."""
+    present = set()
+    for f in arc.faces:
+        if f.get("face_id") is None:
+            continue
+        try:
+            have = gallery.get_face(f["face_id"])
+        except InputError as exc:
+            if exc.code != "face_not_found":
+                raise
+            continue
+        same = (have.group_id, have.outer_id, have.model_id) == (f["group_id"], f["outer_id"], f["model_id"])
+        if not same or gallery.get_embedding(have.face_id).astype("<f4").tobytes() != f["vector"].tobytes():
+            raise InputError(
+                f"face {f['face_id']} of {f['group_id']}/{f['outer_id']} is a different face in this gallery "
+                f"({have.group_id}/{have.outer_id}): nothing was imported",
+                code="face_id_conflict",
+            )
+        present.add(f["face_id"])
+    return present
+
+
 def import_archive(gallery: Gallery, arc: Archive) -> dict[str, int]:
-    """Create missing groups, upsert persons, add faces not already present (same person, model and identical
-    embedding), in batches. Idempotent: a second import of the same archive adds nothing."""
+    """Create missing groups, upsert persons, add faces not already present (the same face id, or the same
+    person, model and identical embedding), in batches, keeping each face's exported id. Idempotent: a second
+    import of the same archive adds nothing."""
     stats = {"groups_created": 0, "persons": 0, "faces_added": 0, "faces_present": 0}
+    present_ids = _present_by_id(gallery, arc)
     for g in arc.groups:
         try:
             gallery.get_group(g["group_id"])
@@ -295,7 +328,7 @@ def import_archive(gallery: Gallery, arc: Archive) -> dict[str, int]:
                 for x in gallery.faces_of_person(*key)
             }
         blob = f["vector"].astype("<f4").tobytes()
-        if blob in present_cache[key]:
+        if f.get("face_id") in present_ids or blob in present_cache[key]:
             stats["faces_present"] += 1
             continue
         present_cache[key].add(blob)
@@ -308,6 +341,7 @@ def import_archive(gallery: Gallery, arc: Archive) -> dict[str, int]:
                 None,
                 f["thumb"],
                 f.get("thumbnail_format") or "jpeg",
+                f.get("face_id"),
             )
         )
     step = gallery.config.max_batch

@@ -22,7 +22,7 @@ import yaml
 from agent.cli import main
 from agent.enroll import EnrollConfig, Enroller, items_from_csv, items_from_folder
 from agent.errors import InputError
-from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap
+from agent.gallery import Gallery, GalleryConfig, Matcher, NewFace, ScoreMap
 from agent.gallery_cli import check_models, delete, export_gallery, import_archive, read_archive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,8 +190,36 @@ def test_export_import_round_trip(enrolled, tmp_path, agent_engine, agent_thresh
         want = _results(gallery, matcher(gallery, agent_engine, agent_thresholds), agent_engine, data_dir)
         got = _results(fresh, matcher(fresh, agent_engine, agent_thresholds), agent_engine, data_dir)
         assert got == want and len(want[0]) == 5
-        old = {(f.outer_id, gallery.get_thumbnail(f.face_id)) for f in gallery.list_faces(GROUP)}
-        assert {(f.outer_id, fresh.get_thumbnail(f.face_id)) for f in fresh.list_faces(GROUP)} == old
+        old = {(f.face_id, f.outer_id, gallery.get_thumbnail(f.face_id)) for f in gallery.list_faces(GROUP)}
+        # the same face ids: an integrator's records of face ids stay valid after a move to a new device
+        new = {(f.face_id, f.outer_id, fresh.get_thumbnail(f.face_id)) for f in fresh.list_faces(GROUP)}
+        assert new == old
+
+
+def test_import_refuses_a_face_id_held_by_another_face(enrolled, tmp_path):
+    gallery, _, _ = enrolled
+    archive = tmp_path / "a.jsonl.gz"
+    export_gallery(gallery, archive)
+    arc = read_archive(archive)
+    with Gallery(GalleryConfig(path=tmp_path / "other", save_interval_s=0)) as other:
+        other.create_group(GROUP, GROUP, "")
+        taken = arc.faces[3]
+        vec = np.roll(taken["vector"], 1)
+        other.add_faces(GROUP, [NewFace("Someone_Else", vec, taken["model_id"], face_id=taken["face_id"])])
+        with pytest.raises(InputError, match="nothing was imported") as err:
+            import_archive(other, arc)
+        assert err.value.code == "face_id_conflict"
+        assert [f.outer_id for f in other.list_faces(GROUP)] == ["Someone_Else"]  # nothing half-applied
+        with pytest.raises(InputError) as err:  # and the store itself refuses a second face with that id
+            other.add_faces(GROUP, [NewFace("Other", vec, taken["model_id"], face_id=taken["face_id"])])
+        assert err.value.code == "face_id_conflict"
+
+    def twice(rs):
+        faces = [r for r in rs if r["type"] == "face"]
+        return [*rs[:-1], faces[0], {**rs[-1], "faces": rs[-1]["faces"] + 1}]
+
+    with pytest.raises(InputError, match="same face_id appears twice"):
+        read_archive(_rewrite(archive, tmp_path / "d.jsonl", twice))
 
 
 def _rewrite(src: Path, dst: Path, change) -> Path:

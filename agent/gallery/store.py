@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sqlite3
 import threading
 import time
@@ -109,6 +110,7 @@ class NewFace:
     user_info: str | None = None  # None keeps an existing person's info
     thumbnail: bytes | None = field(default=None, repr=False)
     thumbnail_format: str = "jpeg"
+    face_id: str | None = None  # None: a new id; set by `gallery import` to keep an exported face's id
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ class RemovedFace:
     group_id: str
     model_id: str
     label: int
+
+
+FACE_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 
 
 def new_id() -> str:
@@ -360,14 +365,19 @@ class GalleryStore:
                 f"model {face.model_id!r} has dimension {row[0]}, got {vec.shape[0]}",
                 code="embedding_dim_mismatch",
             )
+        if face.face_id is not None and not FACE_ID_RE.match(face.face_id):
+            raise InputError("face_id must be 1-64 of [0-9A-Za-z_-]", code="invalid_face_id")
         pid = self._upsert_person(conn, group_id, face.outer_id, face.user_info)
-        fid, now = new_id(), time.time()
+        fid, now = face.face_id or new_id(), time.time()
         blob = vec.astype("<f4").tobytes()
-        cur = conn.execute(
-            "INSERT INTO faces (face_id, person_id, group_id, model_id, dim, embedding, quality, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (fid, pid, group_id, face.model_id, vec.shape[0], blob, face.quality, now),
-        )
+        try:
+            cur = conn.execute(
+                "INSERT INTO faces (face_id, person_id, group_id, model_id, dim, embedding, quality,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (fid, pid, group_id, face.model_id, vec.shape[0], blob, face.quality, now),
+            )
+        except sqlite3.IntegrityError as exc:  # only a caller-given face_id can collide (uuid4 otherwise)
+            raise InputError(f"face {fid!r} already exists", code="face_id_conflict") from exc
         if face.thumbnail is not None:
             conn.execute(
                 "INSERT INTO face_thumbs VALUES (?, ?, ?)", (fid, face.thumbnail_format, face.thumbnail)
