@@ -13,15 +13,13 @@ import numpy as np
 import pytest
 
 from agent.errors import InputError
+from agent.gates.challenge import CHALLENGES, Challenge, with_challenge
 from agent.gates.liveness import (
-    CHALLENGES,
     LIVENESS_LEVELS,
-    Challenge,
     LivenessReport,
     TrackLiveness,
     evaluate_liveness,
     passive_liveness,
-    with_challenge,
 )
 from agent.gates.pose import FACE_MODEL_3D
 from agent.types import Box, Face
