@@ -17,6 +17,7 @@ from agent.api.config import ApiConfig
 from agent.errors import ConfigError
 from agent.gallery.config import GalleryConfig
 from agent.gates.blink import BlinkConfig
+from agent.gates.challenge import ChallengeConfig
 from agent.log import LogConfig
 from agent.metrics_config import MetricsConfig
 from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig
@@ -179,6 +180,12 @@ class CameraConfig(Strict):
         description="liveness level of this camera (a door: the access policy's required_liveness); "
         "unset: recognition.liveness_level",
     )
+    liveness_challenge: ChallengeConfig | None = Field(
+        None,
+        description="kiosks with a screen: each recognized track gets one random head-movement request, "
+        "published on .../cameras/<id>/challenge, and passes HIGH only once it made that movement; needs "
+        "liveness level HIGH on this camera (docs/liveness.md); unset: no challenge",
+    )
 
     @field_validator("id")
     @classmethod
@@ -329,6 +336,15 @@ class AgentConfig(Strict):
         ids = [c.id for c in self.cameras]
         if len(set(ids)) != len(ids):
             raise ValueError(f"camera ids must be unique, got {ids}")
+        for cam in self.cameras:
+            level = cam.liveness_level or self.recognition.liveness_level
+            # The challenge is a requirement of HIGH only (LivenessThresholds.require_challenge); at a lower
+            # level nothing would read its outcome, so the kiosk would ask people to turn for nothing.
+            if cam.liveness_challenge is not None and level != "HIGH":
+                raise ValueError(
+                    f"camera {cam.id}: liveness_challenge needs liveness level HIGH "
+                    f"(cameras[].liveness_level or recognition.liveness_level), not {level}"
+                )
         return self
 
 

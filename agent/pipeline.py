@@ -2,7 +2,9 @@
 
 Liveness runs inside the tracker (one `TrackLiveness` per track, see agent/tracking.py) at the camera's
 `liveness_level` (`CameraConfig.liveness_level`, else `RecognitionConfig.liveness_level`); its state travels
-in every event and each published event is counted in `face_agent_liveness_total{camera,result}`.
+in every event and each published event is counted in `face_agent_liveness_total{camera,result}`. A camera
+with `liveness_challenge` (HIGH only) also publishes its tracks' challenges for the kiosk screen
+(agent/track_challenge.py), through the same dispatcher and in order with the events.
 
 Recognition threads (`RecognitionConfig.workers`) share one FaceEngine and one gallery Matcher; each owns a
 fixed subset of the cameras, so one camera's frames are always processed in order by one tracker. Events go
@@ -13,10 +15,8 @@ recognition; an event that finds the queue full is dropped and counted.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -25,11 +25,14 @@ import numpy as np
 
 from agent.capture.worker import CaptureWorker, Frame
 from agent.config import RecognitionConfig
-from agent.errors import AgentError, TransientError
+from agent.dispatch import EventDispatcher, LatencyLog
+from agent.errors import AgentError, ConfigError, TransientError
 from agent.gallery.matcher import FAR_SCORES, Candidate, Matcher, ScoreMap
 from agent.gates.mesh import open_face_mesh
+from agent.publish.challenge import ChallengeMessage
 from agent.publish.payloads import RecognitionEvent
 from agent.publish.sink import EventSink
+from agent.track_challenge import ChallengeNotice, Chooser
 from agent.tracking import (
     EyeMeter,
     FaceTracker,
@@ -43,34 +46,6 @@ from agent.types import Box, Face
 
 log = logging.getLogger(__name__)
 QUALITY_ORDER = ("HIGH", "NORMAL", "LOW")
-
-
-class LatencyLog:
-    """Recent latencies per stage in seconds (bounded), for stats and benchmarks; also feeds metrics."""
-
-    def __init__(self, observe: Callable[[str, float], None] | None = None, keep: int = 20_000) -> None:
-        self._observe = observe
-        self._keep = keep
-        self._lock = threading.Lock()
-        self._data: dict[str, deque[float]] = {}
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self._data.setdefault(stage, deque(maxlen=self._keep)).append(seconds)
-        if self._observe is not None:
-            self._observe(stage, seconds)
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        with self._lock:
-            data = {k: np.asarray(v) for k, v in self._data.items() if v}
-        return {
-            k: {
-                "n": int(v.size),
-                "p50_ms": float(np.percentile(v, 50) * 1e3),
-                "p99_ms": float(np.percentile(v, 99) * 1e3),
-            }
-            for k, v in data.items()
-        }
 
 
 def _quality_gate():
@@ -116,7 +91,28 @@ def _liveness_fields(live: LivenessState | None) -> dict[str, object]:
     if live is None:
         return {}
     score = round(live.score, 3) if live.score is not None else None
-    return {"liveness": score, "liveness_level": live.level, "liveness_reasons": live.reasons}
+    return {
+        "liveness": score,
+        "liveness_level": live.level,
+        "liveness_reasons": live.reasons,
+        "liveness_challenge": live.challenge,
+    }
+
+
+def challenge_message(camera_id: str, notice: ChallengeNotice, clock: float, wall: float) -> ChallengeMessage:
+    """The published form of a tracker notice; `wall` is the Unix time of tracker clock `clock`."""
+    return ChallengeMessage(
+        camera_id=camera_id,
+        track_id=notice.track_id,
+        challenge_id=notice.challenge_id,
+        instruction=notice.instruction,
+        text=notice.text,
+        state=notice.state,
+        issued_at=wall + notice.issued_clock - clock,
+        deadline=wall + notice.deadline_clock - clock,
+        at=wall + notice.clock - clock,
+        person_id=notice.person_id,
+    )
 
 
 def fallback_weight(face: Face) -> float:
@@ -134,70 +130,6 @@ class _Camera:
     last_t: float = field(default=0.0)
 
 
-class EventDispatcher:
-    """One thread handing events to the sink in order, behind a bounded queue."""
-
-    def __init__(self, sink: EventSink, size: int, latency: LatencyLog, beat: Callable[[], None]) -> None:
-        self._sink = sink
-        self._queue: queue.Queue[tuple[RecognitionEvent, bytes | None, float] | None] = queue.Queue(size)
-        self._latency = latency
-        self._beat = beat
-        self.dropped = 0
-        self.failed = 0
-        self.published = 0
-        self._thread = threading.Thread(target=self._run, name="event-dispatch", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, event: RecognitionEvent, snapshot: bytes | None, captured_mono: float) -> bool:
-        try:
-            self._queue.put_nowait((event, snapshot, captured_mono))
-            return True
-        except queue.Full:
-            self.dropped += 1
-            log.warning("event queue full: dropped event %s (camera %s)", event.event_id, event.camera_id)
-            return False
-
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
-
-    def _run(self) -> None:
-        while True:
-            self._beat()
-            try:
-                item = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if item is None:
-                return
-            event, snapshot, captured_mono = item
-            t0 = time.monotonic()
-            try:
-                self._sink.publish_event(event, snapshot)
-                self.published += 1
-            except AgentError as exc:  # e.g. the event file cannot be written: counted, the loop goes on
-                self.failed += 1
-                log.error("publishing event %s failed: %s", event.event_id, exc)
-            now = time.monotonic()
-            self._latency.add("publish", now - t0)
-            self._latency.add("capture_to_publish", now - captured_mono)
-
-    def stop(self, timeout: float) -> bool:
-        """Publish what is queued (bounded by `timeout`), then end the thread."""
-        deadline = time.monotonic() + timeout
-        while self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=0.1)
-                break
-            except queue.Full:
-                if time.monotonic() > deadline:
-                    return False
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        return not self._thread.is_alive()
-
-
 class RecognitionPipeline:
     """Recognition threads over the capture workers, plus the event dispatcher."""
 
@@ -213,7 +145,9 @@ class RecognitionPipeline:
         snapshots: bool = False,
         metrics=None,
         heartbeat: Callable[[str, float], Callable[[], None]] | None = None,
+        challenge_chooser: Chooser | None = None,
     ) -> None:
+        """`challenge_chooser` forces the challenge instructions (tests); None: drawn with `secrets`."""
         self.cfg = cfg
         self._engine = engine
         self._matcher = matcher
@@ -245,7 +179,12 @@ class RecognitionPipeline:
         levels = [self._liveness_level(w) for w in cameras]
         eyes = self._eye_meter(engine, levels)
         self.cameras = [
-            _Camera(w, FaceTracker(self._tracker_settings(settings, level, eyes), self._match, eyes))
+            _Camera(
+                w,
+                FaceTracker(
+                    self._tracker_settings(settings, w, level, eyes), self._match, eyes, challenge_chooser
+                ),
+            )
             for w, level in zip(cameras, levels, strict=True)
         ]
         groups = [self.cameras[i :: cfg.workers] for i in range(min(cfg.workers, len(self.cameras)))]
@@ -276,9 +215,17 @@ class RecognitionPipeline:
         min_prob = self.cfg.blink.min_face_probability
         return lambda pixels, face: mesh.eye_openness(pixels, face, min_prob)
 
-    def _tracker_settings(self, base: TrackerSettings, level: str, eyes: EyeMeter | None) -> TrackerSettings:
+    def _tracker_settings(
+        self, base: TrackerSettings, worker: CaptureWorker, level: str, eyes: EyeMeter | None
+    ) -> TrackerSettings:
         blink = self.cfg.blink if eyes is not None and liveness_uses_blinks(level) else None
-        return replace(base, liveness_level=level, blink=blink)
+        challenge = worker.cfg.liveness_challenge
+        if challenge is not None and level != "HIGH":  # AgentConfig refuses it too; this guards direct use
+            raise ConfigError(
+                f"camera {worker.cfg.id}: liveness_challenge needs liveness level HIGH, not {level}",
+                code="invalid_challenge_level",
+            )
+        return replace(base, liveness_level=level, blink=blink, challenge=challenge)
 
     def _liveness_level(self, worker: CaptureWorker) -> str:
         """The camera's own level when it sets one, else the recognition default."""
@@ -342,7 +289,9 @@ class RecognitionPipeline:
                     continue
                 if all(c.worker.finished.is_set() and c.worker.slot.depth == 0 for c in group):
                     for cam in group:
-                        self._emit(cam, cam.tracker.flush(self._clock_end(cam)), None)
+                        end = self._clock_end(cam)
+                        self._emit(cam, cam.tracker.flush(end), None)
+                        self._emit_challenges(cam, cam.tracker.pop_challenges(), end, None)
                     break
                 self._wake.wait(0.05)
         except Exception:  # visible in the journal; the heartbeat goes stale and the watchdog restarts us
@@ -403,7 +352,12 @@ class RecognitionPipeline:
         self.latency.add("track", time.perf_counter() - t3)  # includes the gallery searches and liveness
         if cam.tracker.liveness_on and observations:
             self.latency.add("liveness", cam.tracker.liveness_seconds)
+        notices = cam.tracker.pop_challenges()
+        # An outcome goes before the follow-up event it allowed; an issued challenge after the recognized
+        # event whose decision issued it (the kiosk greets, then shows the instruction).
+        self._emit_challenges(cam, [n for n in notices if n.state != "issued"], clock, frame)
         self._emit(cam, events, frame)
+        self._emit_challenges(cam, [n for n in notices if n.state == "issued"], clock, frame)
         self.latency.add("capture_to_processed", time.monotonic() - frame.captured_mono)
         self._count_fps(cam, frame)
 
@@ -470,6 +424,14 @@ class RecognitionPipeline:
                     self._metrics.liveness.labels(cam.worker.cfg.id, _liveness_result(ev.liveness)).inc()
             mono = frame.captured_mono if frame is not None else time.monotonic()
             self.dispatcher.submit(event, snapshot, mono)
+
+    def _emit_challenges(
+        self, cam: _Camera, notices: list[ChallengeNotice], clock: float, frame: Frame | None
+    ) -> None:
+        wall = frame.captured_at if frame is not None else time.time()
+        mono = frame.captured_mono if frame is not None else time.monotonic()
+        for notice in notices:
+            self.dispatcher.submit(challenge_message(cam.worker.cfg.id, notice, clock, wall), None, mono)
 
     def _event(
         self, camera_id: str, ev: TrackEvent, frame: Frame | None, offset: tuple[int, int]

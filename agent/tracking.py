@@ -25,6 +25,9 @@ the one a door opens on. That follow-up obeys the cooldown too (per person: one 
 With a blink cue (`TrackerSettings.blink` and an `eyes` function, i.e. the face mesh), the tracker measures
 eye openness on the frames the track's liveness asks for, and only while the track has not yet passed the
 camera's level or the level requires a blink: the mesh costs about 2 ms per face.
+With an active challenge (`TrackerSettings.challenge`, HIGH only), a known track gets one head-movement
+request whose outcome joins its liveness report (agent/track_challenge.py); `pop_challenges` hands the
+issued / decided notices to the pipeline, which publishes them for the kiosk screen.
 
 The clock is the frame's media time for files read faster than real time (results do not depend on
 machine speed) and the capture time otherwise.
@@ -35,21 +38,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from agent.errors import InputError
+from agent.errors import ConfigError, InputError
 from agent.gallery.matcher import Candidate
 from agent.gates.blink import BlinkConfig
+from agent.gates.challenge import ChallengeConfig, with_challenge
 from agent.gates.liveness import LEVELS as LIVENESS_LEVEL_NAMES
 from agent.gates.liveness import (
     LIVENESS_LEVELS,
     LivenessReport,
+    LivenessThresholds,
     TrackConfig,
     TrackLiveness,
     evaluate_liveness,
 )
+from agent.track_challenge import ActiveChallenge, ChallengeNotice, Chooser, TrackChallenges, challenge_levels
 from agent.types import Box, Face
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,7 @@ class LivenessState:
     score: float | None  # 0 spoof .. 1 live
     level: str | None  # strongest level the report passes; "NONE" when it passes none
     reasons: tuple[str, ...]  # why it fails the camera's required level; empty = passed
+    challenge: str | None = None  # the track's challenge: "pending" or its outcome; None: none issued
 
     @property
     def passed(self) -> bool:
@@ -94,13 +101,18 @@ def liveness_requires_blink(level: str) -> bool:
     return level != "NONE" and LIVENESS_LEVELS[level].require_blink
 
 
-def liveness_state(report: LivenessReport | None, required: str) -> LivenessState:
+def liveness_state(
+    report: LivenessReport | None,
+    required: str,
+    levels: dict[str, LivenessThresholds] | None = None,
+    challenge: str | None = None,
+) -> LivenessState:
     """Judge a track's latest report: the strongest level passed, and the verdict at `required`."""
-    verdict = evaluate_liveness(report, required)
+    verdict = evaluate_liveness(report, required, levels)
     if report is None:
-        return LivenessState(None, None, verdict.reasons)
-    level = next((lv for lv in STRONGEST_FIRST if evaluate_liveness(report, lv).passed), "NONE")
-    return LivenessState(float(min(max(report.score, 0.0), 1.0)), level, verdict.reasons)
+        return LivenessState(None, None, verdict.reasons, challenge)
+    level = next((lv for lv in STRONGEST_FIRST if evaluate_liveness(report, lv, levels).passed), "NONE")
+    return LivenessState(float(min(max(report.score, 0.0), 1.0)), level, verdict.reasons, challenge)
 
 
 @dataclass(frozen=True)
@@ -133,10 +145,16 @@ class TrackerSettings:
     liveness_level: str = "NONE"  # NONE: no liveness tracking; else the level a follow-up event needs
     liveness: TrackConfig = field(default_factory=TrackConfig)
     blink: BlinkConfig | None = None  # None: no blink cue on this camera (its level does not use blinks)
+    challenge: ChallengeConfig | None = None  # None: no active challenge (only HIGH may have one)
 
     def __post_init__(self) -> None:
         if self.liveness_level not in LIVENESS_LEVEL_NAMES:
             raise InputError(f"unknown liveness level {self.liveness_level!r}", code="invalid_liveness_level")
+        if self.challenge is not None and self.liveness_level != "HIGH":
+            raise ConfigError(
+                f"a liveness challenge needs liveness level HIGH, not {self.liveness_level}",
+                code="invalid_challenge_level",
+            )
 
 
 Matcher = Callable[[np.ndarray], Candidate | None]
@@ -161,6 +179,7 @@ class Track:
         self.liveness = liveness  # owned here: freed with the track
         self.live: LivenessState | None = None
         self.live_reported = False  # an event of this track carried a passing liveness verdict
+        self.challenge: ActiveChallenge | None = None  # at most one per track, never re-issued
         self._top: list[Observation] = []
 
     def add(self, obs: Observation, clock: float, keep: int) -> None:
@@ -198,8 +217,19 @@ def _center_close(a: Box, b: Box, reach: float) -> bool:
 class FaceTracker:
     """Tracks of one camera. Used by one recognition thread at a time (cameras are not shared)."""
 
-    def __init__(self, settings: TrackerSettings, match: Matcher, eyes: EyeMeter | None = None) -> None:
+    def __init__(
+        self,
+        settings: TrackerSettings,
+        match: Matcher,
+        eyes: EyeMeter | None = None,
+        choose: Chooser | None = None,
+    ) -> None:
+        """`choose` forces the challenge instructions (tests); None: each is drawn with `secrets`."""
         self.s = settings
+        self._challenges = (
+            TrackChallenges(settings.challenge, settings.max_tracks, choose) if settings.challenge else None
+        )
+        self._levels = challenge_levels() if self._challenges is not None else LIVENESS_LEVELS
         self._match = match
         self._eyes = eyes if settings.blink is not None else None
         self._require_blink = liveness_requires_blink(settings.liveness_level)
@@ -220,6 +250,8 @@ class FaceTracker:
             "liveness_errors": 0,
             "eye_samples": 0,
         }
+        if self._challenges is not None:
+            self.counters.update(self._challenges.counters)
 
     @property
     def active(self) -> int:
@@ -228,6 +260,13 @@ class FaceTracker:
     @property
     def liveness_on(self) -> bool:
         return self.s.liveness_level != "NONE"
+
+    def pop_challenges(self) -> list[ChallengeNotice]:
+        """Challenge notices since the last call, in order (none without a challenge on this camera)."""
+        if self._challenges is None:
+            return []
+        self.counters.update(self._challenges.counters)
+        return self._challenges.drain()
 
     def liveness_states(self) -> dict[int, LivenessState | None]:
         """Track id -> its current liveness state (None with liveness off), for stats and tests."""
@@ -263,6 +302,8 @@ class FaceTracker:
     def flush(self, clock: float) -> list[TrackEvent]:
         """End every track (the source finished): pending ones long enough become unknown."""
         events = [e for t in self._tracks if (e := self._end(t, clock)) is not None]
+        for track in self._tracks:
+            self._close_challenge(track, clock)
         self._tracks = []
         return events
 
@@ -293,7 +334,7 @@ class FaceTracker:
     def _new_track(self, obs: Observation, clock: float) -> Track:
         if len(self._tracks) >= self.s.max_tracks:
             self._tracks.sort(key=lambda t: t.last_seen)
-            self._tracks.pop(0)
+            self._close_challenge(self._tracks.pop(0), clock)
             self.counters["evicted"] += 1
         liveness = self._track_liveness() if self.liveness_on else None
         track = Track(self._next_id, obs, clock, liveness)
@@ -336,7 +377,13 @@ class FaceTracker:
             log.debug("track %d: liveness restarted: %s", track.id, exc)
             track.liveness = self._track_liveness()
             report = None
-        track.live = liveness_state(report, self.s.liveness_level)
+        challenge = None
+        if track.challenge is not None and self._challenges is not None:
+            self._challenges.feed(track.challenge, face, clock)
+            challenge = track.challenge.state
+            if report is not None:
+                report = with_challenge(report, track.challenge.challenge.result)
+        track.live = liveness_state(report, self.s.liveness_level, self._levels, challenge)
         self.liveness_seconds += time.perf_counter() - t0
 
     def _liveness_followup(self, track: Track, clock: float) -> TrackEvent | None:
@@ -384,6 +431,7 @@ class FaceTracker:
     def _known(self, track: Track, cand: Candidate, clock: float) -> TrackEvent | None:
         upgrade = track.state == "unknown"
         track.state, track.person, track.candidate = "known", cand.person_id, cand
+        self._issue_challenge(track, cand, clock)
         last = self._person_seen.get(cand.person_id)
         self._person_seen[cand.person_id] = clock
         if last is not None and last <= clock < last + self.s.cooldown_s:
@@ -391,6 +439,18 @@ class FaceTracker:
             return None
         self.counters["upgrades" if upgrade else "known"] += 1
         return self._event(track, True, cand, clock, upgrade=upgrade)
+
+    def _issue_challenge(self, track: Track, cand: Candidate, clock: float) -> None:
+        """The challenge of a track just decided known (see agent/track_challenge.py for why then)."""
+        if self._challenges is None or track.challenge is not None or track.live_reported:
+            return
+        track.challenge = self._challenges.issue(track.id, clock, cand.outer_id)
+        if track.live is not None:  # this decision's event already says a challenge is pending
+            track.live = replace(track.live, challenge=track.challenge.state)
+
+    def _close_challenge(self, track: Track, clock: float) -> None:
+        if self._challenges is not None and track.challenge is not None:
+            self._challenges.close(track.challenge, clock)
 
     def _unknown(self, track: Track, cand: Candidate | None, clock: float) -> TrackEvent:
         track.state = "unknown"
@@ -412,6 +472,7 @@ class FaceTracker:
         for track in self._tracks:
             gone = track.missed > self.s.max_missed_frames or clock - track.last_seen > self.s.track_timeout_s
             if gone:
+                self._close_challenge(track, clock)
                 event = self._end(track, clock)
                 if event is not None:
                     events.append(event)

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from agent.gates.liveness import Challenge
+from agent.gates.challenge import Challenge
 from agent.gates.pose import estimate_pose
 from agent.types import Box
 

@@ -13,15 +13,13 @@ import numpy as np
 import pytest
 
 from agent.errors import InputError
+from agent.gates.challenge import CHALLENGES, Challenge, with_challenge
 from agent.gates.liveness import (
-    CHALLENGES,
     LIVENESS_LEVELS,
-    Challenge,
     LivenessReport,
     TrackLiveness,
     evaluate_liveness,
     passive_liveness,
-    with_challenge,
 )
 from agent.gates.pose import FACE_MODEL_3D
 from agent.types import Box, Face
@@ -141,3 +139,25 @@ def test_challenge_verified_from_pose():
     assert [late.update(_face_at(pitch=p), t) for t, p in steps] == [None, None, False]
     with pytest.raises(InputError):
         Challenge(instruction="smile")
+
+
+def test_challenge_outcomes_and_deadline_from_the_issue_time():
+    # Issued at t=10 with 3 s: the first frame comes late (t=12) and only sets the start pose.
+    slow = Challenge(instruction="turn_left", timeout_s=3.0, issued_at=10.0)
+    assert [slow.update(_face_at(yaw=y), t) for t, y in ((12.0, 0), (13.5, 20))] == [None, False]
+    assert slow.outcome == "timed_out"  # the turn came after the deadline: it does not count
+    ok = Challenge(instruction="look_down", issued_at=0.0)
+    assert [ok.update(_face_at(pitch=p), t) for t, p in ((0.1, 0), (0.5, -20))] == [None, True]
+    assert ok.outcome == "passed"
+    ok.abandon(1.0)
+    assert ok.outcome == "passed"  # a decided challenge stays decided
+    wrong = Challenge(instruction="turn_right", issued_at=0.0)
+    wrong.update(_face_at(yaw=0), 0.1)
+    assert wrong.update(_face_at(yaw=18), 0.2) is False and wrong.outcome == "failed"
+    gone = Challenge(instruction="look_up", timeout_s=5.0, issued_at=0.0)
+    gone.update(_face_at(), 0.1)
+    gone.abandon(2.0)
+    assert gone.result is False and gone.outcome == "abandoned"
+    late = Challenge(instruction="look_up", timeout_s=5.0, issued_at=0.0)
+    late.abandon(6.0)
+    assert late.outcome == "timed_out"

@@ -11,6 +11,7 @@ import pytest
 
 from agent.errors import InputError
 from agent.publish.access import decide
+from agent.publish.challenge import ChallengeMessage
 from agent.publish.config import AccessPolicyConfig, HomeAssistantConfig, PublishConfig
 from agent.publish.payloads import RecognitionEvent, event_messages, event_payload, ha_discovery, stamp
 from agent.publish.sink import JsonlFileSink, StdoutSink
@@ -38,6 +39,7 @@ def known(**over) -> RecognitionEvent:
         liveness=0.9,
         liveness_level="HIGH",
         liveness_reasons=(),
+        liveness_challenge="passed",
         track_id=4,
     )
     fields.update(over)
@@ -58,6 +60,7 @@ def test_recognized_payload_has_every_documented_field() -> None:
         "liveness": 0.9,
         "liveness_level": "HIGH",
         "liveness_reasons": [],
+        "liveness_challenge": "passed",
         "model_id": "m",
         "captured_at": "2023-11-14T22:13:20.250Z",
         "has_snapshot": False,
@@ -86,6 +89,7 @@ def test_recognized_payload_has_every_documented_field() -> None:
         {"liveness_level": "MAX"},
         {"liveness_reasons": ["no_liveness_result"]},
         {"liveness_reasons": ("x" * 65,)},
+        {"liveness_challenge": "maybe"},
         {"person_id": None},  # unknown face that still carries a name
         {"model_id": ""},
         {"captured_at": math.inf},
@@ -193,3 +197,65 @@ def test_build_sink_picks_the_output_from_config(tmp_path: Path) -> None:
         "face-agent/dev/"
     )
     publisher.close(timeout=1)
+
+
+def challenge(**over) -> ChallengeMessage:
+    fields = dict(
+        camera_id="kiosk",
+        track_id=3,
+        challenge_id="c" * 32,
+        instruction="look_up",
+        text="look up",
+        state="issued",
+        issued_at=1_700_000_000.5,
+        deadline=1_700_000_006.5,
+        at=1_700_000_000.5,
+        person_id="p1",
+    )
+    fields.update(over)
+    return ChallengeMessage(**fields)
+
+
+def test_challenge_messages_on_their_own_topic() -> None:
+    out = io.StringIO()
+    sink = StdoutSink(PublishConfig(device_id="dev"), out)
+    sink.publish_challenge(challenge())
+    sink.publish_challenge(challenge(state="timed_out", at=1_700_000_007.0))
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["topic"] for line in lines] == ["face-agent/dev/cameras/kiosk/challenge"] * 2
+    issued, decided = (line["payload"] for line in lines)
+    assert issued == {
+        "schema": "face-agent/challenge/1",
+        "challenge_id": "c" * 32,
+        "device_id": "dev",
+        "camera_id": "kiosk",
+        "track_id": 3,
+        "person_id": "p1",
+        "state": "issued",
+        "instruction": "look_up",
+        "text": "look up",
+        "issued_at": "2023-11-14T22:13:20.500Z",
+        "deadline": "2023-11-14T22:13:26.500Z",
+        "decided_at": None,
+        "seq": 1,
+        "published_at": issued["published_at"],
+    }
+    assert decided["state"] == "timed_out" and decided["decided_at"] == "2023-11-14T22:13:27.000Z"
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"camera_id": "kiosk/1"},
+        {"instruction": "smile"},
+        {"text": "turn your head to your right"},  # the text must be the instruction's own
+        {"state": "maybe"},
+        {"track_id": -1},
+        {"challenge_id": ""},
+        {"deadline": 1_600_000_000.0},  # before it was issued
+        {"at": math.nan},
+    ],
+)
+def test_bad_challenge_messages_raise_input_error(over: dict) -> None:
+    with pytest.raises(InputError):
+        challenge(**over)

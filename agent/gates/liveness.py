@@ -9,13 +9,12 @@ Two kinds of evidence, both pure (no model, no I/O):
   homography whatever the motion; a real head's nose, cheeks and eyes do not (parallax, blinks, speech).
   Optionally it also counts blinks (agent/gates/blink.py) from eye openness measured by the face mesh.
 `evaluate_liveness(report, level)` applies one of LIVENESS_LEVELS; no report means refusal (fail closed).
-`Challenge` is the optional active check of HIGH: a random head-turn request verified from the keypoint pose.
+The active challenge of HIGH (`require_challenge`) lives in agent/gates/challenge.py.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -490,57 +489,3 @@ def evaluate_liveness(
     if bounds.require_challenge and not single_image and report.challenge_passed is not True:
         reasons.append("challenge_failed")
     return replace(report, reasons=tuple(dict.fromkeys(reasons)))
-
-
-def with_challenge(report: LivenessReport, passed: bool | None) -> LivenessReport:
-    """The same report carrying a challenge outcome (evaluate_liveness reads it)."""
-    return replace(report, challenge_passed=passed)
-
-
-# ---- active challenge -----------------------------------------------------------------------------------
-
-# instruction -> (pose angle, sign). Directions are the subject's own (see agent/gates/pose.py): "turn your
-# head left" = yaw > 0 in an unmirrored camera image. A kiosk that mirrors its preview must not flip them.
-CHALLENGES = {
-    "turn_left": ("yaw", 1.0, "turn your head to your left"),
-    "turn_right": ("yaw", -1.0, "turn your head to your right"),
-    "look_up": ("pitch", 1.0, "look up"),
-    "look_down": ("pitch", -1.0, "look down"),
-}
-
-
-class Challenge:
-    """A random head-movement request, verified from the keypoint pose on the following frames.
-
-    Passes when the requested angle moves at least `min_change` degrees in the requested direction from the
-    pose at the first frame, within `timeout_s`; fails on timeout or when the opposite movement comes first.
-    It proves the face reacts now, so it stops a replayed recording; it does not by itself stop a print
-    (bending or tilting a print changes the keypoint pose too): use it with TrackLiveness."""
-
-    def __init__(
-        self, timeout_s: float = 5.0, min_change: float = 15.0, instruction: str | None = None
-    ) -> None:
-        if instruction is not None and instruction not in CHALLENGES:
-            raise InputError(f"unknown challenge {instruction!r}", code="invalid_challenge")
-        self.instruction = instruction or secrets.choice(sorted(CHALLENGES))  # unpredictable to an attacker
-        self.text = CHALLENGES[self.instruction][2]
-        self.timeout_s = timeout_s
-        self.min_change = min_change
-        self._start: tuple[float, float] | None = None  # (timestamp, angle)
-        self.result: bool | None = None
-
-    def update(self, face: Face, timestamp: float) -> bool | None:
-        """None while pending, then True (passed) or False (failed); the result sticks."""
-        if self.result is not None:
-            return self.result
-        axis, sign, _ = CHALLENGES[self.instruction]
-        angle = getattr(estimate_pose(face.keypoints), axis)
-        if self._start is None:
-            self._start = (timestamp, angle)
-            return None
-        change = sign * (angle - self._start[1])
-        if change >= self.min_change:
-            self.result = True
-        elif change <= -self.min_change or timestamp - self._start[0] > self.timeout_s:
-            self.result = False
-        return self.result

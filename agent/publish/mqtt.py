@@ -23,6 +23,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.errors import ConfigError
+from agent.publish.challenge import ChallengeMessage, challenge_messages
 from agent.publish.config import MqttConfig, PublishConfig, read_password
 from agent.publish.outbox import DROP_INVALID, Outbox, OutboxRow
 from agent.publish.payloads import (
@@ -185,6 +186,12 @@ class MqttPublisher:
         # Presence is live state for the HA binary sensor: useless when replayed late, so never queued.
         if self.connected:
             self._client.publish(self._topics.presence(event.camera_id), "ON", qos=0)
+
+    def publish_challenge(self, message: ChallengeMessage) -> None:
+        """Queue a kiosk challenge message durably, in order with the events (QoS 1, outbox)."""
+        self._outbox.put(challenge_messages(message, self._topics))
+        self._bump("challenges_queued")
+        self._wake.set()
 
     def publish_gallery_version(
         self, version: str, *, persons: int | None = None, faces: int | None = None

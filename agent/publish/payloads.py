@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from agent.errors import InputError
+from agent.gates.challenge import OUTCOMES
 from agent.publish.access import AccessDecision, decide
 from agent.publish.config import LEVELS, AccessPolicyConfig, HomeAssistantConfig, PublishConfig
 from agent.publish.outbox import OutMessage
@@ -29,6 +30,7 @@ SCHEMA_ACCESS = f"face-agent/access/{SCHEMA_VERSION}"
 SCHEMA_GALLERY = f"face-agent/gallery/{SCHEMA_VERSION}"
 SCHEMA_STATS = f"face-agent/stats/{SCHEMA_VERSION}"
 MAX_TEXT = 4096  # name / user_info / ids beyond this are a caller bug, not something to ship over MQTT
+CHALLENGE_STATES = (None, "pending", *OUTCOMES)
 MAX_REASONS = 16  # reason codes per gate (the liveness gate has 9)
 
 
@@ -60,6 +62,7 @@ class RecognitionEvent:
     None = the gate did not run or (liveness) has no result yet: an access policy that requires it denies.
     liveness_reasons: reason codes (agent.gates.liveness.REASONS) of the camera's liveness level; () = met;
     None = liveness is off on the camera.
+    liveness_challenge: the track's active challenge, "pending" or its outcome; None = no challenge issued.
     """
 
     camera_id: str
@@ -77,6 +80,7 @@ class RecognitionEvent:
     liveness: float | None = None
     liveness_level: str | None = None
     liveness_reasons: tuple[str, ...] | None = None  # why the camera's liveness level is not met; () = met
+    liveness_challenge: str | None = None
     track_id: int | None = None
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -106,6 +110,8 @@ class RecognitionEvent:
             or not all(isinstance(r, str) and 0 < len(r) <= 64 for r in self.liveness_reasons)
         ):
             raise _bad(f"liveness_reasons must be a tuple of at most {MAX_REASONS} short strings or None")
+        if self.liveness_challenge not in CHALLENGE_STATES:
+            raise _bad(f"liveness_challenge must be one of {CHALLENGE_STATES}")
         for name in ("quality_level", "liveness_level"):
             if getattr(self, name) not in (None, *LEVELS):
                 raise _bad(f"{name} must be one of {LEVELS} or None")
@@ -141,6 +147,7 @@ def _common(event: RecognitionEvent, device_id: str, schema: str, has_snapshot: 
         "liveness": event.liveness,
         "liveness_level": event.liveness_level,
         "liveness_reasons": list(event.liveness_reasons) if event.liveness_reasons is not None else None,
+        "liveness_challenge": event.liveness_challenge,
         "model_id": event.model_id,
         "captured_at": iso_time(event.captured_at),
         "has_snapshot": has_snapshot,

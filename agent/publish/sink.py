@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from agent.errors import ConfigError, TransientError
+from agent.publish.challenge import ChallengeMessage, challenge_messages
 from agent.publish.config import PublishConfig
+from agent.publish.outbox import OutMessage
 from agent.publish.payloads import (
     RecognitionEvent,
     encode,
@@ -32,6 +34,8 @@ class EventSink(Protocol):
     def start(self) -> None: ...
 
     def publish_event(self, event: RecognitionEvent, snapshot: bytes | None = None) -> None: ...
+
+    def publish_challenge(self, message: ChallengeMessage) -> None: ...
 
     def publish_gallery_version(
         self, version: str, *, persons: int | None = None, faces: int | None = None
@@ -62,6 +66,12 @@ class _LineSink:
 
     def publish_event(self, event: RecognitionEvent, snapshot: bytes | None = None) -> None:
         messages, _ = event_messages(event, self._topics, self._cfg, None)
+        self._emit_all(messages)
+
+    def publish_challenge(self, message: ChallengeMessage) -> None:
+        self._emit_all(challenge_messages(message, self._topics))
+
+    def _emit_all(self, messages: list[OutMessage]) -> None:
         with self._lock:
             for msg in messages:
                 self._seq += 1

@@ -68,6 +68,10 @@ class Topics:
     def access(self, camera_id: str) -> str:
         return f"{self.camera(camera_id)}/access"
 
+    def challenge(self, camera_id: str) -> str:
+        """Liveness challenges for the camera's kiosk screen: issued, then decided (docs/mqtt.md)."""
+        return f"{self.camera(camera_id)}/challenge"
+
     def presence(self, camera_id: str) -> str:
         """'ON' whenever a face is seen (live only, never replayed); drives the HA binary sensor."""
         return f"{self.camera(camera_id)}/presence"

@@ -1,0 +1,128 @@
+"""The active challenge in the camera loop: one `Challenge` per track, its notices for the kiosk screen.
+
+Owned by one `FaceTracker` (agent/tracking.py) on a camera with `cameras[].liveness_challenge` (HIGH only).
+When a track is decided known and its liveness has not yet been reported as passed, it gets one challenge:
+that is the moment a kiosk greets the person, so the instruction appears with the greeting. Every later frame
+of the track feeds it; its outcome goes into the track's liveness report (`with_challenge`) before the
+verdict, so HIGH (with `require_challenge`) passes only after the requested movement. One challenge per
+track, never re-issued: re-asking would let a replayed video try the instructions until one matches what it
+shows. A person who failed steps out of view and comes back (a new track, a new random instruction).
+
+Each change (issued, then one outcome) is a `ChallengeNotice`, kept in a bounded deque until the pipeline
+takes it (`drain`). Clocks are the tracker's clock; the pipeline turns them into wall time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.gates.challenge import Challenge, ChallengeConfig
+from agent.gates.liveness import LIVENESS_LEVELS, LivenessThresholds
+from agent.types import Face
+
+Chooser = Callable[[], str]  # returns an instruction of CHALLENGES; None in production: `secrets` decides
+
+
+@dataclass(frozen=True)
+class ChallengeNotice:
+    """A challenge was issued to a track (`state` "issued") or decided (`state` one of OUTCOMES)."""
+
+    track_id: int
+    challenge_id: str
+    instruction: str
+    text: str
+    state: str
+    issued_clock: float
+    deadline_clock: float
+    clock: float  # when this notice was made (tracker clock)
+    person_id: str | None  # the gallery person the track was recognized as (its outer id)
+
+
+def challenge_levels() -> dict[str, LivenessThresholds]:
+    """The liveness levels of a camera with a challenge: HIGH also requires it (`challenge_failed`)."""
+    high = LIVENESS_LEVELS["HIGH"].model_copy(update={"require_challenge": True})
+    return {**LIVENESS_LEVELS, "HIGH": high}
+
+
+@dataclass(frozen=True)
+class ActiveChallenge:
+    """The challenge of one track (held by the track, freed with it)."""
+
+    challenge: Challenge
+    challenge_id: str
+    track_id: int
+    person_id: str | None  # the gallery person the track was recognized as (its outer id)
+
+    @property
+    def state(self) -> str:
+        """ "pending" or the outcome: the track's events carry it as `liveness_challenge`."""
+        return self.challenge.outcome or "pending"
+
+
+class TrackChallenges:
+    """Issues, feeds and closes the challenges of one camera's tracks; collects their notices (bounded)."""
+
+    def __init__(self, config: ChallengeConfig, max_tracks: int, choose: Chooser | None = None) -> None:
+        self.config = config
+        self._choose = choose
+        # Each track makes at most two notices; the pipeline drains them after every frame.
+        self._notices: deque[ChallengeNotice] = deque(maxlen=4 * max_tracks)
+        self.counters = {"challenges_issued": 0, "challenges_passed": 0, "challenges_failed": 0}
+
+    def issue(self, track_id: int, clock: float, person_id: str | None) -> ActiveChallenge:
+        """A new challenge for a track; the frames after `clock` are its evidence."""
+        instruction = self._choose() if self._choose is not None else None
+        challenge = Challenge(
+            self.config.timeout_s, self.config.min_change, instruction=instruction, issued_at=clock
+        )
+        active = ActiveChallenge(challenge, secrets.token_hex(16), track_id, person_id)
+        self.counters["challenges_issued"] += 1
+        self._notice(active, "issued", clock)
+        return active
+
+    def feed(self, active: ActiveChallenge, face: Face, clock: float) -> None:
+        """One frame of the track; a notice when this frame decided the challenge."""
+        if active.challenge.result is not None:
+            return
+        try:
+            active.challenge.update(face, clock)
+        except ValueError:  # keypoints unusable for a pose: this frame says nothing; the deadline still runs
+            return
+        if active.challenge.result is not None:
+            self._decided(active, clock)
+
+    def close(self, active: ActiveChallenge, clock: float) -> None:
+        """The track ended: a pending challenge is timed out (deadline passed) or abandoned."""
+        if active.challenge.result is None:
+            active.challenge.abandon(clock)
+            self._decided(active, clock)
+
+    def drain(self) -> list[ChallengeNotice]:
+        out = list(self._notices)
+        self._notices.clear()
+        return out
+
+    def _decided(self, active: ActiveChallenge, clock: float) -> None:
+        assert active.challenge.outcome is not None
+        self.counters["challenges_passed" if active.challenge.result else "challenges_failed"] += 1
+        self._notice(active, active.challenge.outcome, clock)
+
+    def _notice(self, active: ActiveChallenge, state: str, clock: float) -> None:
+        ch = active.challenge
+        issued = ch.issued_at if ch.issued_at is not None else clock
+        self._notices.append(
+            ChallengeNotice(
+                active.track_id,
+                active.challenge_id,
+                ch.instruction,
+                ch.text,
+                state,
+                issued,
+                issued + ch.timeout_s,
+                clock,
+                active.person_id,
+            )
+        )
