@@ -247,3 +247,10 @@ def test_header_is_checked_even_when_loopback_may_be_anonymous(tmp_path, data_di
         assert refusal(wrong)[:2] == (401, "10001")
     finally:
         r.close()
+
+
+def test_openapi_offers_the_sdk_signature_on_jd_paths(run):
+    doc = call(run, "GET", "/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["jdcloudSigner"]["name"] == "Authorization"
+    for path in ("/jdai/faceCreate", "/jdai/faceSearch", "/jdai/faceCompareV1"):
+        assert doc["paths"][path]["post"]["security"] == [{"jdSign": []}, {"jdcloudSigner": []}]
