@@ -1,7 +1,8 @@
 """Authentication in each vendor's style, checked against the secrets loaded at start-up.
 
 - Face++: `api_key` + `api_secret` in the form (a shared secret sent as is; use on loopback / TLS only).
-- JD: `appkey`, `timestamp` (ms), `sign` = hex MD5(secret + timestamp), in the query or the body.
+- JD: `appkey`, `timestamp` (ms), `sign` = hex MD5(secret + timestamp), in the query or the body; or JD
+  Cloud's SDK signature, header `Authorization: JDCLOUD2|JDCLOUD3-HMAC-SHA256 ...` (see jdcloud_sig.py).
 - jumdata: `appId`, `timestamp` (ms), `sign` = hex sha256(appId + appSecret + timestamp).
 - native: header `Authorization: FA-HMAC-SHA256 key=K,ts=MS,nonce=N,sig=HEX` with
   sig = HMAC-SHA256(secret, METHOD \\n PATH?QUERY \\n ts \\n nonce \\n hex sha256(body)).
@@ -21,6 +22,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from agent.api import jdcloud_sig
 from agent.api.common import ApiError, Request
 from agent.api.config import ApiConfig
 
@@ -137,6 +139,27 @@ class Authenticator:
             raise ApiError("auth_failed", "sign does not match")
         self._replays.check_and_add(f"{family}:{key}:{expected}")
         return Identity(key, family)
+
+    def jdcloud(self, req: Request) -> Identity:
+        """JD Cloud SDK signature (JDCLOUD2 / JDCLOUD3) over the request as received."""
+        auth = jdcloud_sig.parse_authorization(req.headers.get("authorization", ""))
+        secret = self._secret(auth.access_key, "jd")
+        jd_date = req.headers.get(jdcloud_sig.DATE_HEADER, "").strip()
+        if not jd_date:
+            raise ApiError("auth_missing", f"{jdcloud_sig.DATE_HEADER} is required", jdcloud_sig.DATE_HEADER)
+        if abs(time.time() - jdcloud_sig.request_time(jd_date, auth)) > self._cfg.signature_max_age_s:
+            raise ApiError("auth_stale", f"{jdcloud_sig.DATE_HEADER} is outside the validity window")
+        # Without a signed host a signature made for another server (or vhost) would be accepted here.
+        if "host" not in auth.signed_headers:
+            raise ApiError("auth_failed", "the host header must be signed")
+        candidates = jdcloud_sig.canonical_requests(auth, req.method, raw_target(req), req.headers, req.body)
+        jdcloud_sig.check_body_digest(auth, req.headers, req.body)
+        if not jdcloud_sig.matches(secret, auth, jd_date, candidates):
+            raise ApiError("auth_failed", "signature does not match")
+        # Keyed by the signature, not access key + nonce: the current SDK does not sign x-jdcloud-nonce, so
+        # a replayer could change the nonce freely; any change to a signed part changes the signature.
+        self._replays.check_and_add(f"jdcloud:{auth.access_key}:{auth.signature}")
+        return Identity(auth.access_key, "jd")
 
     def native(self, req: Request) -> Identity:
         header = req.headers.get("authorization", "")

@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from agent.api import jdcloud_sig
 from agent.api.common import (
     ApiError,
     ImageRules,
@@ -106,6 +107,8 @@ class JdApi:
             status, name = BUSINESS[code]
             return json_response(200, envelope(self._business_error(req, status, name)))
         http, sys_code, msg = SYSTEM.get(code, SYSTEM["internal"])
+        if code.startswith("auth_"):
+            msg = f"{msg}: {message}"  # say which check failed: the code alone covers several causes
         headers = {"Retry-After": "1"} if http in (429, 503) else {}
         return json_response(http, envelope(None, sys_code, msg), headers)
 
@@ -131,6 +134,13 @@ class JdApi:
     # -- helpers -----------------------------------------------------------------------------------------
 
     def _auth(self, req: Request, form: dict[str, Any]) -> None:
+        header = req.headers.get("authorization")
+        if header is not None:
+            # A JD Cloud SDK signature replaces appkey / timestamp / sign; any other scheme is refused.
+            if not jdcloud_sig.is_jdcloud(header):
+                raise ApiError("auth_failed", "Authorization must be JDCLOUD2- or JDCLOUD3-HMAC-SHA256")
+            self.ctx.auth.jdcloud(req)
+            return
         q = {k: v[0] for k, v in req.query.items()}
         pick = lambda n: q.get(n) or (form.get(n) if isinstance(form.get(n), str) else None)  # noqa: E731
         self.ctx.auth.signed(req, "jd", pick("appkey"), pick("timestamp"), pick("sign"))

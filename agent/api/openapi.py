@@ -63,12 +63,13 @@ def _compat(
     body: dict[str, Any],
     media: tuple[str, ...],
     errors: dict[str, str],
-    security: str,
+    security: str | tuple[str, ...],
 ) -> dict[str, Any]:
+    schemes = (security,) if isinstance(security, str) else security
     return {
         "summary": summary,
         "tags": [tag],
-        "security": [{security: []}],
+        "security": [{s: []} for s in schemes],  # alternatives: any one of them suffices
         "requestBody": _body(body, media),
         "responses": {k: {"description": v} for k, v in errors.items()},
     }
@@ -167,7 +168,7 @@ def openapi_document() -> dict[str, Any]:
                     "403": "10005/10006",
                     "429": "10020 busy",
                 },
-                "jdSign",
+                ("jdSign", "jdcloudSigner"),
             )
         },
         "/jdai/faceSearch": {
@@ -181,7 +182,7 @@ def openapi_document() -> dict[str, Any]:
                     "401": "authentication",
                     "429": "10020 busy",
                 },
-                "jdSign",
+                ("jdSign", "jdcloudSigner"),
             )
         },
         "/jdai/faceCompareV1": {
@@ -195,7 +196,7 @@ def openapi_document() -> dict[str, Any]:
                     "401": "authentication",
                     "429": "10020 busy",
                 },
-                "jdSign",
+                ("jdSign", "jdcloudSigner"),
             )
         },
         "/facepp/v3/search": {
@@ -285,6 +286,14 @@ def openapi_document() -> dict[str, Any]:
                     "in": "query",
                     "name": "appkey",
                     "description": "with timestamp (ms) and sign = md5hex(secret + timestamp)",
+                },
+                "jdcloudSigner": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "JD Cloud SDK signature: JDCLOUD2- or JDCLOUD3-HMAC-SHA256 Credential=ak/"
+                    "date/region/service/jdcloudN_request, SignedHeaders=..., Signature=...; x-jdcloud-date "
+                    "within 5 minutes; no replays",
                 },
                 "faceppKey": {
                     "type": "apiKey",
