@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""How long does a live person wait before the liveness gate passes them, per level?
+
+Every face track (>= 12 frames, faces >= 64 px) of the real videos in ../shared/data runs through the camera
+loop's liveness accumulator (TrackLiveness with the face mesh's blink cue, as agent/tracking.py runs it), from
+the track's first frame; the time of the first report that passes each level is the wait. People in these
+videos were not asked to do anything: they sing, talk and walk. A track that never passes is listed with its
+length. Per-window BPCER (scripts/liveness_eval.py) answers "is a 0.7 s window refused"; this answers "how
+long until the door could open".
+
+    FACE_AGENT_DATA=../shared/data .venv/bin/python scripts/liveness_wait.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.config import EngineConfig  # noqa: E402
+from agent.gates.blink import BlinkConfig  # noqa: E402
+from agent.gates.liveness import LEVELS, TrackLiveness, evaluate_liveness  # noqa: E402
+from agent.gates.mesh import open_face_mesh  # noqa: E402
+from agent.inference.engine import FaceEngine  # noqa: E402
+
+VIDEOS = (
+    "faces/face_recognition/examples/short_hamilton_clip.mp4",
+    "faces/facenet_pytorch/examples/video.mp4",
+)
+
+
+def _live_tracks():  # noqa: ANN202 - scripts/liveness_eval.py's tracker, loaded by path (scripts/ is no package)
+    spec = importlib.util.spec_from_file_location("liveness_eval", ROOT / "scripts" / "liveness_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["liveness_eval"] = module
+    spec.loader.exec_module(module)
+    return module.live_tracks
+
+
+def waits(track: list, mesh, blink: BlinkConfig) -> dict[str, float | None]:  # noqa: ANN001 - FaceMesh
+    """Seconds from the track's first frame to the first report passing each level (None: never)."""
+    tracker = TrackLiveness(blink=blink)
+    t0 = track[0][2]
+    out: dict[str, float | None] = dict.fromkeys(LEVELS[1:])
+    for image, face, t in track:
+        openness = None
+        if tracker.wants_eyes(face, t):
+            openness = mesh.eye_openness(image, face, blink.min_face_probability)
+        report = tracker.update(image, face, t, openness)
+        for level in out:
+            if out[level] is None and evaluate_liveness(report, level).passed:
+                out[level] = t - t0
+    return out
+
+
+def _s(v: float | None) -> str:
+    return "never" if v is None else f"{v:.2f} s"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("FACE_AGENT_DATA", ROOT.parent / "shared/data"))
+    )
+    args = ap.parse_args()
+    engine = FaceEngine(EngineConfig())
+    mesh = open_face_mesh(engine.config)
+    blink = BlinkConfig()
+    live_tracks = _live_tracks()
+    rows = []
+    for video in VIDEOS:
+        for track in live_tracks(engine, args.data / video):
+            rows.append((Path(video).name, track[-1][2] - track[0][2], waits(track, mesh, blink)))
+    print(f"{len(rows)} live face tracks of {len(VIDEOS)} real videos")
+    for name, length, w in rows:
+        print(f"  {name}: {length:.2f} s, first pass " + ", ".join(f"{k} {_s(v)}" for k, v in w.items()))
+    print("| level | passed | median wait s | max wait s | never passed (track length s) |")
+    print("|---|---|---|---|---|")
+    for level in LEVELS[1:]:
+        got = [w[level] for _, _, w in rows if w[level] is not None]
+        never = [f"{length:.1f}" for _, length, w in rows if w[level] is None]
+        med = f"{statistics.median(got):.2f}" if got else "-"
+        top = f"{max(got):.2f}" if got else "-"
+        print(f"| {level} | {len(got)}/{len(rows)} | {med} | {top} | {', '.join(never) or '-'} |")
+
+
+if __name__ == "__main__":
+    main()
