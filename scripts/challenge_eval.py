@@ -16,7 +16,6 @@ sees the instruction and plays a matching clip (a cued replay or a live deepfake
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -24,22 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from liveness_eval import LIVE_VIDEOS, live_tracks  # noqa: E402 - scripts/ is on sys.path when run
+
 from agent.config import EngineConfig  # noqa: E402
 from agent.gates.challenge import CHALLENGES, Challenge, ChallengeConfig  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
-
-VIDEOS = (
-    "faces/face_recognition/examples/short_hamilton_clip.mp4",
-    "faces/facenet_pytorch/examples/video.mp4",
-)
-
-
-def _live_tracks():  # noqa: ANN202 - scripts/liveness_eval.py's tracker, loaded by path (scripts/ is no package)
-    spec = importlib.util.spec_from_file_location("liveness_eval", ROOT / "scripts" / "liveness_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["liveness_eval"] = module
-    spec.loader.exec_module(module)
-    return module.live_tracks
 
 
 def outcome(track: list, start: int, instruction: str, cfg: ChallengeConfig) -> str:
@@ -62,10 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = ChallengeConfig()
     engine = FaceEngine(EngineConfig())
-    live_tracks = _live_tracks()
     counts = {i: {} for i in CHALLENGES}
     tracks = 0
-    for video in VIDEOS:
+    for video in LIVE_VIDEOS:
         for track in live_tracks(engine, args.data / video):
             tracks += 1
             next_t = track[0][2]
@@ -77,7 +64,7 @@ def main() -> None:
                     res = outcome(track, start, instruction, cfg)
                     counts[instruction][res] = counts[instruction].get(res, 0) + 1
     print(
-        f"{tracks} face tracks of {len(VIDEOS)} real videos; "
+        f"{tracks} face tracks of {len(LIVE_VIDEOS)} real videos; "
         f"timeout {cfg.timeout_s} s, {cfg.min_change} degrees"
     )
     print("| instruction | issued | passed | failed | timed out | abandoned | pass rate |")

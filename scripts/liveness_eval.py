@@ -230,6 +230,13 @@ def video_frames(path: Path, stride: int = 1) -> Iterator[Frame]:
         cap.release()
 
 
+# The real videos of live people in ../shared/data (BPCER, wait times, the challenge's chance passes).
+LIVE_VIDEOS = (
+    "faces/face_recognition/examples/short_hamilton_clip.mp4",
+    "faces/facenet_pytorch/examples/video.mp4",
+)
+
+
 def live_tracks(
     engine: FaceEngine, path: Path, min_len: int = 12
 ) -> list[list[tuple[np.ndarray, Face, float]]]:
@@ -362,10 +369,7 @@ def main() -> None:
     lfw = sorted((args.data / "lfw-devtrain").rglob("*.jpg"))
     lfw = [lfw[i] for i in np.random.default_rng(0).permutation(len(lfw))[: args.lfw]]
     photos = [p for p in photo_files(args.data, args.photos)] + lfw
-    videos = [
-        args.data / "faces/face_recognition/examples/short_hamilton_clip.mp4",
-        args.data / "faces/facenet_pytorch/examples/video.mp4",
-    ]
+    videos = [args.data / v for v in LIVE_VIDEOS]
     live = [w for v in videos for tr in live_tracks(engine, v) for w in windows(tr, args.window)]
 
     single = Table("Single images (passive cues only, `single_image=True`)")

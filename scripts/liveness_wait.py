@@ -14,7 +14,6 @@ long until the door could open".
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -23,24 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from liveness_eval import LIVE_VIDEOS, live_tracks  # noqa: E402 - scripts/ is on sys.path when run
+
 from agent.config import EngineConfig  # noqa: E402
 from agent.gates.blink import BlinkConfig  # noqa: E402
 from agent.gates.liveness import LEVELS, TrackLiveness, evaluate_liveness  # noqa: E402
 from agent.gates.mesh import open_face_mesh  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
-
-VIDEOS = (
-    "faces/face_recognition/examples/short_hamilton_clip.mp4",
-    "faces/facenet_pytorch/examples/video.mp4",
-)
-
-
-def _live_tracks():  # noqa: ANN202 - scripts/liveness_eval.py's tracker, loaded by path (scripts/ is no package)
-    spec = importlib.util.spec_from_file_location("liveness_eval", ROOT / "scripts" / "liveness_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["liveness_eval"] = module
-    spec.loader.exec_module(module)
-    return module.live_tracks
 
 
 def waits(track: list, mesh, blink: BlinkConfig) -> dict[str, float | None]:  # noqa: ANN001 - FaceMesh
@@ -72,12 +60,11 @@ def main() -> None:
     engine = FaceEngine(EngineConfig())
     mesh = open_face_mesh(engine.config)
     blink = BlinkConfig()
-    live_tracks = _live_tracks()
     rows = []
-    for video in VIDEOS:
+    for video in LIVE_VIDEOS:
         for track in live_tracks(engine, args.data / video):
             rows.append((Path(video).name, track[-1][2] - track[0][2], waits(track, mesh, blink)))
-    print(f"{len(rows)} live face tracks of {len(VIDEOS)} real videos")
+    print(f"{len(rows)} live face tracks of {len(LIVE_VIDEOS)} real videos")
     for name, length, w in rows:
         print(f"  {name}: {length:.2f} s, first pass " + ", ".join(f"{k} {_s(v)}" for k, v in w.items()))
     print("| level | passed | median wait s | max wait s | never passed (track length s) |")

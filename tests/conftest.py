@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,14 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory):
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def synth():
+    """scripts/liveness_eval.py (scripts/ is no package): the synthetic attack generators and the real-video
+    tracker the published liveness numbers come from."""
+    spec = importlib.util.spec_from_file_location("liveness_eval", ROOT / "scripts" / "liveness_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["liveness_eval"] = module
+    spec.loader.exec_module(module)
+    return module

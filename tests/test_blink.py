@@ -4,10 +4,6 @@ docs/liveness.md) nor on synthetic prints made from real photos, and how a blink
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,7 +13,6 @@ from agent.gates.liveness import LIVENESS_LEVELS, LivenessReport, evaluate_liven
 from agent.gates.mesh import open_face_mesh
 from agent.tracking import FaceTracker, Observation, TrackerSettings
 
-ROOT = Path(__file__).resolve().parent.parent
 LFW = "lfw-devtrain/images"
 # Looked at one by one: eyes open, and eyes squeezed shut (Henman grimacing, Springsteen and Young laughing).
 OPEN = {"Tim_Henman": (3, 4, 8, 9, 10, 11, 12, 14), "Bruce_Springsteen": (2, 3)}
@@ -27,15 +22,6 @@ CLOSED = {"Tim_Henman": 15, "Bruce_Springsteen": 4, "Kaye_Young": 1}
 @pytest.fixture(scope="module")
 def mesh(agent_engine):
     return open_face_mesh(agent_engine.config)
-
-
-@pytest.fixture(scope="module")
-def synth():
-    spec = importlib.util.spec_from_file_location("liveness_eval", ROOT / "scripts" / "liveness_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["liveness_eval"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _lfw_openness(engine, mesh, data_dir, person: str, number: int) -> float:

@@ -4,10 +4,6 @@ The matching instruction must pass, the opposite one fail, and on the mirrored v
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import cv2
 import pytest
 
@@ -15,18 +11,8 @@ from agent.gates.challenge import Challenge
 from agent.gates.pose import estimate_pose
 from agent.types import Box
 
-ROOT = Path(__file__).resolve().parent.parent
 HAMILTON = "faces/face_recognition/examples/short_hamilton_clip.mp4"
 PEDESTRIANS = "faces/facenet_pytorch/examples/video.mp4"
-
-
-@pytest.fixture(scope="module")
-def synth():
-    spec = importlib.util.spec_from_file_location("liveness_eval", ROOT / "scripts" / "liveness_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["liveness_eval"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

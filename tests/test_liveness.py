@@ -4,10 +4,7 @@ docs/liveness.md."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,18 +20,6 @@ from agent.gates.liveness import (
 )
 from agent.gates.pose import FACE_MODEL_3D
 from agent.types import Box, Face
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def synth():
-    """scripts/liveness_eval.py: the synthetic attack generators the published numbers come from."""
-    spec = importlib.util.spec_from_file_location("liveness_eval", ROOT / "scripts" / "liveness_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["liveness_eval"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run_track(engine, frames, faces=None):
