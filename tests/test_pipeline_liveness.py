@@ -3,14 +3,12 @@ access decisions. Lin-Manuel Miranda (enrolled) is live on stage; his close-up l
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import threading
 from pathlib import Path
 
 import pytest
-from test_liveness import ROOT
 from test_pipeline import HAMILTON, clip, enrol
 
 from agent.capture import CaptureWorker, open_source
@@ -117,13 +115,10 @@ def test_liveness_off_leaves_events_as_before(agent_engine, matcher, data_dir):
 
 
 def test_a_print_of_an_enrolled_person_is_recognized_but_never_passes_normal(
-    agent_engine, agent_thresholds, data_dir, tmp_path
+    agent_engine, agent_thresholds, data_dir, tmp_path, synth
 ):
     """A synthetic hand-held print (scripts/liveness_eval.py, made from a real photo) of an enrolled person,
     through the real engine, gallery and tracker at NORMAL: named, but no follow-up, so no door opens."""
-    spec = importlib.util.spec_from_file_location("liveness_eval", ROOT / "scripts" / "liveness_eval.py")
-    synth = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(synth)
     photo = agent_engine.load((data_dir / "faces/deepface/images/img1.jpg").read_bytes()).pixels
     gallery = Gallery(GalleryConfig(path=tmp_path / "g"))
     try:
