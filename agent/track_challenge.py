@@ -8,14 +8,20 @@ verdict, so HIGH (with `require_challenge`) passes only after the requested move
 track, never re-issued: re-asking would let a replayed video try the instructions until one matches what it
 shows. A person who failed steps out of view and comes back (a new track, a new random instruction).
 
-Each change (issued, then one outcome) is a `ChallengeNotice`, kept in a bounded deque until the pipeline
-takes it (`drain`). Clocks are the tracker's clock; the pipeline turns them into wall time.
+A person (the gallery person the track was recognized as) who failed `max_failures` challenges within the
+last `lockout_s` gets no further challenge until the oldest of those failures is `lockout_s` old: the track's
+challenge is decided "locked" at once, a failure. So one person has at most `max_failures` tries in any
+`lockout_s` window. A replayed recording passes a random instruction by chance
+now and then (docs/liveness.md), so without this an attacker would step in and out of view until it did.
+
+Each change (issued, then one outcome; or only "locked") is a `ChallengeNotice`, kept in a bounded deque until
+the pipeline takes it (`drain`). Clocks are the tracker's clock; the pipeline turns them into wall time.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +30,7 @@ from agent.gates.liveness import LIVENESS_LEVELS, LivenessThresholds
 from agent.types import Face
 
 Chooser = Callable[[], str]  # returns an instruction of CHALLENGES; None in production: `secrets` decides
+MAX_PEOPLE = 4096  # persons whose recent failures are remembered (oldest forgotten first)
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,14 @@ class TrackChallenges:
         self._choose = choose
         # Each track makes at most two notices; the pipeline drains them after every frame.
         self._notices: deque[ChallengeNotice] = deque(maxlen=4 * max_tracks)
-        self.counters = {"challenges_issued": 0, "challenges_passed": 0, "challenges_failed": 0}
+        self.counters = {
+            "challenges_issued": 0,
+            "challenges_passed": 0,
+            "challenges_failed": 0,
+            "challenges_locked": 0,
+        }
+        # person -> clocks of their recent failures (at most max_failures each; MAX_PEOPLE persons)
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     def issue(self, track_id: int, clock: float, person_id: str | None) -> ActiveChallenge:
         """A new challenge for a track; the frames after `clock` are its evidence."""
@@ -79,9 +93,23 @@ class TrackChallenges:
             self.config.timeout_s, self.config.min_change, instruction=instruction, issued_at=clock
         )
         active = ActiveChallenge(challenge, secrets.token_hex(16), track_id, person_id)
+        if self.locked(person_id, clock):
+            challenge.lock()
+            self.counters["challenges_locked"] += 1
+            self._notice(active, "locked", clock)
+            return active
         self.counters["challenges_issued"] += 1
         self._notice(active, "issued", clock)
         return active
+
+    def locked(self, person_id: str | None, clock: float) -> bool:
+        """Has this person failed `max_failures` challenges within the last `lockout_s`?"""
+        recent = self._failures.get(person_id) if person_id is not None else None
+        if not recent or self.config.lockout_s <= 0:
+            return False
+        while recent and clock - recent[0] > self.config.lockout_s:
+            recent.popleft()
+        return len(recent) >= self.config.max_failures
 
     def feed(self, active: ActiveChallenge, face: Face, clock: float) -> None:
         """One frame of the track; a notice when this frame decided the challenge."""
@@ -108,7 +136,16 @@ class TrackChallenges:
     def _decided(self, active: ActiveChallenge, clock: float) -> None:
         assert active.challenge.outcome is not None
         self.counters["challenges_passed" if active.challenge.result else "challenges_failed"] += 1
+        if not active.challenge.result and active.person_id is not None:
+            self._remember_failure(active.person_id, clock)
         self._notice(active, active.challenge.outcome, clock)
+
+    def _remember_failure(self, person_id: str, clock: float) -> None:
+        recent = self._failures.pop(person_id, None) or deque(maxlen=self.config.max_failures)
+        recent.append(clock)
+        self._failures[person_id] = recent  # most recent last: the oldest person is forgotten first
+        if len(self._failures) > MAX_PEOPLE:
+            self._failures.popitem(last=False)
 
     def _notice(self, active: ActiveChallenge, state: str, clock: float) -> None:
         ch = active.challenge

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.errors import InputError
-from agent.gates.challenge import CHALLENGES, Challenge, with_challenge
+from agent.gates.challenge import CHALLENGES, Challenge, ChallengeConfig, with_challenge
 from agent.gates.liveness import (
     LIVENESS_LEVELS,
     LivenessReport,
@@ -19,6 +19,7 @@ from agent.gates.liveness import (
     passive_liveness,
 )
 from agent.gates.pose import FACE_MODEL_3D
+from agent.track_challenge import TrackChallenges
 from agent.types import Box, Face
 
 
@@ -146,3 +147,31 @@ def test_challenge_outcomes_and_deadline_from_the_issue_time():
     late = Challenge(instruction="look_up", timeout_s=5.0, issued_at=0.0)
     late.abandon(6.0)
     assert late.outcome == "timed_out"
+
+
+def test_a_person_who_keeps_failing_is_locked_out():
+    """3 failed challenges of one person within 300 s: their next track gets no challenge ("locked", a
+    failure) until the oldest failure is 300 s old; other people are not affected."""
+    cfg = ChallengeConfig(max_failures=3, lockout_s=300.0)
+    ch = TrackChallenges(cfg, max_tracks=8, choose=lambda: "turn_left")
+
+    def attempt(track: int, person: str, t: float, yaw: float) -> str:
+        active = ch.issue(track, t, person)
+        for dt, y in ((0.1, 0.0), (0.5, yaw)):
+            ch.feed(active, _face_at(yaw=y), t + dt)
+        ch.close(active, t + 1.0)
+        return active.state
+
+    assert [attempt(i, "mallory", 10.0 * i, -20) for i in range(3)] == ["failed"] * 3
+    assert attempt(3, "mallory", 40.0, 20) == "locked"  # would have passed: it is not even offered
+    assert attempt(4, "alice", 41.0, 20) == "passed"  # someone else is not affected
+    assert attempt(5, "mallory", 300.0, 20) == "locked"  # the first failure (t=0.5) is 299.5 s old
+    assert attempt(6, "mallory", 301.0, 20) == "passed"  # 300.5 s: it has aged out, one try is free again
+    states = [(n.track_id, n.state) for n in ch.drain()]
+    assert (3, "locked") in states and (3, "issued") not in states
+    assert ch.counters["challenges_locked"] == 2 and ch.counters["challenges_failed"] == 3
+    never = TrackChallenges(ChallengeConfig(lockout_s=0), max_tracks=8, choose=lambda: "turn_left")
+    for i in range(5):
+        active = never.issue(i, float(i), "bob")
+        never.close(active, i + 0.5)
+    assert never.issue(9, 9.0, "bob").state == "pending"  # lockout_s 0: nobody is ever locked out

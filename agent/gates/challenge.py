@@ -27,8 +27,9 @@ CHALLENGES = {
     "look_up": ("pitch", 1.0, "look up"),
     "look_down": ("pitch", -1.0, "look down"),
 }
-# Final outcomes; "abandoned" is given by the camera loop when the track ends while the challenge is pending.
-OUTCOMES = ("passed", "failed", "timed_out", "abandoned")
+# Final outcomes; "abandoned" is given by the camera loop when the track ends while the challenge is pending,
+# "locked" when the person failed too many challenges lately and gets none (ChallengeConfig.max_failures).
+OUTCOMES = ("passed", "failed", "timed_out", "abandoned", "locked")
 
 
 class ChallengeConfig(BaseModel):
@@ -49,6 +50,21 @@ class ChallengeConfig(BaseModel):
         le=45,
         description="degrees the requested angle must move the right way from the first frame after the "
         "challenge was issued (the keypoint pose jitters by a few degrees)",
+    )
+    max_failures: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="failed challenges (failed, timed out, abandoned) one recognized person may have within "
+        "any lockout_s window: with that many, the person gets no challenge, and so no HIGH pass, until the "
+        "oldest of them is lockout_s old. A replay passes a random challenge by chance (17% measured, "
+        "docs/liveness.md), so unlimited retries would let it in",
+    )
+    lockout_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="the window of max_failures, in seconds; 0 never locks anyone out",
     )
 
 
@@ -116,6 +132,11 @@ class Challenge:
         """The face left before a decision: a final failure, "timed_out" when the deadline had passed."""
         if self.result is None:
             self._decide("timed_out" if self.expired(timestamp) else "abandoned")
+
+    def lock(self) -> None:
+        """Not offered: the person is locked out after too many failed challenges (a final failure)."""
+        if self.result is None:
+            self._decide("locked")
 
     def _decide(self, outcome: str) -> bool:
         self.outcome = outcome
