@@ -8,6 +8,10 @@ VENV=${FACE_AGENT_VENV:-.venv}
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# tests/rtsp_server.py (the RTSP camera of tests/test_rtsp_source.py) runs on Debian's Python with GObject
+# introspection and GStreamer's RTSP server; --check exits non-zero when any element it uses is missing.
+/usr/bin/python3 tests/rtsp_server.py --check >/dev/null 2>&1 || need_apt+=(python3 python3-gi
+  gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
