@@ -9,9 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from agent.datadir import shared_data_dir
 from agent.errors import AgentError, ConfigError
 
-DEFAULT_DATA = Path(os.environ.get("FACE_AGENT_DATA", Path.cwd().parent / "shared" / "data"))
+DEFAULT_DATA = shared_data_dir(Path.cwd())
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:

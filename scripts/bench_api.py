@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.api import ApiConfig, ApiServer, build_context, native_header  # noqa: E402
 from agent.config import EmbedderConfig, EngineConfig  # noqa: E402
+from agent.datadir import shared_data_dir  # noqa: E402
 from agent.errors import ModelError  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
@@ -98,9 +99,7 @@ def measure(port: int, bodies: list[bytes], clients: int, seconds: float) -> tup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("FACE_AGENT_DATA", ROOT.parent / "shared" / "data"))
-    )
+    ap.add_argument("--data", type=Path, default=shared_data_dir(ROOT))
     ap.add_argument("--clients", default="1,2,4")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=3)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.bench import cpu_model  # noqa: E402
 from agent.config import EmbedderConfig, EngineConfig  # noqa: E402
+from agent.datadir import shared_data_dir  # noqa: E402
 from agent.enroll import EnrollConfig, Enroller, items_from_folder  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
@@ -43,7 +44,7 @@ def build_folder(data: Path, people: int, per_person: int, out: Path) -> int:
 
 
 def main() -> int:
-    default_data = Path(os.environ.get("FACE_AGENT_DATA", ROOT.parent / "shared" / "data"))
+    default_data = shared_data_dir(ROOT)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=default_data)
     ap.add_argument("--people", type=int, default=100)

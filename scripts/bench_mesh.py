@@ -25,6 +25,7 @@ from liveness_eval import live_tracks  # noqa: E402
 
 from agent.bench import cpu_model  # noqa: E402
 from agent.config import EngineConfig, OnnxRuntimeConfig  # noqa: E402
+from agent.datadir import shared_data_dir  # noqa: E402
 from agent.gates.blink import BlinkConfig, BlinkDetector  # noqa: E402
 from agent.gates.mesh import open_face_mesh  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
@@ -45,9 +46,7 @@ def latency(cfg: EngineConfig, faces: list, runs: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("FACE_AGENT_DATA", ROOT.parent / "shared/data"))
-    )
+    ap.add_argument("--data", type=Path, default=shared_data_dir(ROOT))
     ap.add_argument("--runs", type=int, default=300)
     args = ap.parse_args()
     engine = FaceEngine(EngineConfig())

@@ -28,12 +28,13 @@ sys.path.insert(0, str(ROOT))
 from agent.bench import cpu_model  # noqa: E402
 from agent.capture import CaptureWorker, open_source  # noqa: E402
 from agent.config import CameraConfig, EmbedderConfig, EngineConfig, RecognitionConfig  # noqa: E402
+from agent.datadir import shared_data_dir  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
 from agent.pipeline import RecognitionPipeline  # noqa: E402
 from agent.publish import PublishConfig, StdoutSink  # noqa: E402
 
-DATA = Path(os.environ.get("FACE_AGENT_DATA", ROOT.parent / "shared" / "data"))
+DATA = shared_data_dir(ROOT)
 CLIPS = {
     "hamilton-360p": "faces/face_recognition/examples/short_hamilton_clip.mp4",
     "pedestrians-1080p": "faces/facenet_pytorch/examples/video.mp4",

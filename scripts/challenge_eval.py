@@ -16,7 +16,6 @@ sees the instruction and plays a matching clip (a cued replay or a live deepfake
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from liveness_eval import LIVE_VIDEOS, live_tracks  # noqa: E402 - scripts/ is on sys.path when run
 
 from agent.config import EngineConfig  # noqa: E402
+from agent.datadir import shared_data_dir  # noqa: E402
 from agent.gates.challenge import CHALLENGES, Challenge, ChallengeConfig  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
 
@@ -43,9 +43,7 @@ def outcome(track: list, start: int, instruction: str, cfg: ChallengeConfig) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("FACE_AGENT_DATA", ROOT.parent / "shared/data"))
-    )
+    ap.add_argument("--data", type=Path, default=shared_data_dir(ROOT))
     ap.add_argument("--step", type=float, default=0.5, help="seconds between issue times within a track")
     args = ap.parse_args()
     cfg = ChallengeConfig()

@@ -14,7 +14,6 @@ long until the door could open".
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from liveness_eval import LIVE_VIDEOS, live_tracks  # noqa: E402 - scripts/ is on sys.path when run
 
 from agent.config import EngineConfig  # noqa: E402
+from agent.datadir import shared_data_dir  # noqa: E402
 from agent.gates.blink import BlinkConfig  # noqa: E402
 from agent.gates.liveness import LEVELS, TrackLiveness, evaluate_liveness  # noqa: E402
 from agent.gates.mesh import open_face_mesh  # noqa: E402
@@ -53,9 +53,7 @@ def _s(v: float | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("FACE_AGENT_DATA", ROOT.parent / "shared/data"))
-    )
+    ap.add_argument("--data", type=Path, default=shared_data_dir(ROOT))
     args = ap.parse_args()
     engine = FaceEngine(EngineConfig())
     mesh = open_face_mesh(engine.config)

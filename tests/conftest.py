@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from agent.datadir import shared_data_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("FACE_AGENT_DATA", ROOT.parent / "shared" / "data")).resolve()
+    return shared_data_dir(ROOT).resolve()
 
 
 @pytest.fixture(scope="session")
