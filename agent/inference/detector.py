@@ -14,6 +14,7 @@ import numpy as np
 
 from agent.config import DetectorConfig
 from agent.errors import ModelError
+from agent.inference.blob import blob_params
 from agent.inference.manifest import ModelInfo
 from agent.inference.runtime import Session
 from agent.types import Box, Face
@@ -98,6 +99,7 @@ class BlazeFaceDetector:
         self._mean = np.array(info.input["mean"], np.float32)
         self._scale = np.array(info.input["scale"], np.float32)
         self._nchw = info.input["layout"] == "NCHW"
+        self._blob = blob_params(self._mean, self._scale) if self._nchw else None  # once, not per frame
         self._coord_scale = float(dec["coordinate_scale"])
         self._clip = float(dec["score_clip"])
         self._num_kp = int(dec["num_keypoints"])
@@ -115,10 +117,10 @@ class BlazeFaceDetector:
 
     def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         canvas, lb = letterbox(bgr, self.size)
-        if self._nchw and np.all(self._scale == self._scale[0]):
+        if self._blob is not None:
             # One C call for colour swap, (x - mean) * scale and HWC -> NCHW (0.07 ms instead of 0.35 ms).
-            mean = tuple(float(m) for m in self._mean)
-            return cv2.dnn.blobFromImage(canvas, float(self._scale[0]), None, mean, True), lb
+            mean, scale = self._blob
+            return cv2.dnn.blobFromImage(canvas, scale, None, mean, True), lb
         x = (canvas[..., ::-1].astype(np.float32) - self._mean) * self._scale
         x = x.transpose(2, 0, 1) if self._nchw else x
         return x[None], lb

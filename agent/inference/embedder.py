@@ -7,6 +7,7 @@ import numpy as np
 
 from agent.errors import ModelError
 from agent.inference.align import align
+from agent.inference.blob import blob_params
 from agent.inference.manifest import ModelInfo
 from agent.inference.runtime import Session
 from agent.types import Face
@@ -22,6 +23,7 @@ class Embedder:
         self.align_spec = info.facts["align"]
         self._mean = np.array(info.input["mean"], np.float32)
         self._scale = np.array(info.input["scale"], np.float32)
+        self._blob = blob_params(self._mean, self._scale)  # once: preprocess runs for every face
         self._rgb = info.input["colour"] == "RGB"
         self._nchw = info.input["layout"] == "NCHW"
         self._output = session.output_names[0]
@@ -42,11 +44,11 @@ class Embedder:
 
     def preprocess(self, chips: list[np.ndarray]) -> np.ndarray:
         """Aligned BGR uint8 chips -> the model's input tensor (colour order, normalisation, layout)."""
-        if np.all(self._scale == self._scale[0]):
+        if self._blob is not None:
             # One C call for colour swap, (x - mean) * scale and the NCHW layout: 0.13 ms for a 160x160 NHWC
             # chip, where numpy took 0.33 ms (a tenth of FaceNet INT8's inference time).
-            mean = tuple(float(m) for m in self._mean)
-            x = cv2.dnn.blobFromImages(chips, float(self._scale[0]), None, mean, self._rgb)
+            mean, scale = self._blob
+            x = cv2.dnn.blobFromImages(chips, scale, None, mean, self._rgb)
             return x if self._nchw else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         x = np.stack(chips).astype(np.float32)
         if self._rgb:
