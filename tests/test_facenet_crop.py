@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.config import EngineConfig, OpenVINORuntimeConfig
-from agent.inference.align import align, box_features
+from agent.inference.align import align, predicted_box
 from agent.inference.engine import FaceEngine
 from agent.inference.manifest import Manifest
 
@@ -50,10 +50,7 @@ def test_predicted_box_agrees_with_mtcnn_on_other_photos(spec, data_dir):
             match = max(theirs, key=lambda t, b=box: _iou(b, t), default=None)
             if match is None or _iou(box, match) < 0.3:
                 continue
-            cx, cy = face.box.center
-            side = max(face.box.width, face.box.height)
-            d = box_features(face) @ coef
-            pred = np.array([cx + d[0] * side, cy + d[1] * side, cx + d[2] * side, cy + d[3] * side])
+            pred = np.array(predicted_box(face, coef))
             predicted.append(_iou(pred, match))
             raw.append(_iou(box, match))
     assert len(predicted) >= 50
@@ -67,11 +64,7 @@ def test_chip_is_the_predicted_box_with_margin(spec, data_dir):
     engine = FaceEngine(EngineConfig(runtime=OpenVINORuntimeConfig()))
     bgr = cv2.imread(str(data_dir / "faces/face_recognition/examples/obama-1080p.jpg"))
     (face,) = engine.detect(bgr)
-    coef = np.asarray(spec["coef"])
-    cx, cy = face.box.center
-    side = max(face.box.width, face.box.height)
-    d = box_features(face) @ coef
-    x1, y1, x2, y2 = cx + d[0] * side, cy + d[1] * side, cx + d[2] * side, cy + d[3] * side
+    x1, y1, x2, y2 = predicted_box(face, np.asarray(spec["coef"]))
     grow = spec["margin"] * (x2 - x1) / 2
     x1, y1, x2, y2 = x1 - grow, y1 - grow, x2 + grow, y2 + grow
     # reference: crop that rectangle, resize to the chip with area averaging (what align does for big faces)

@@ -45,13 +45,19 @@ def box_features(face: Face) -> np.ndarray:
     return np.concatenate([[1.0, face.box.width / side, face.box.height / side], kps.ravel()])
 
 
-def regressed_box_transform(face: Face, size: int, coef: np.ndarray, margin: float) -> np.ndarray:
-    """2x3 affine: the predicted box (x1, y1, x2, y2 = features @ coef, in box-side units around the box
-    centre), `margin` of its width added in total to both sides, onto a size x size chip."""
+def predicted_box(face: Face, coef: np.ndarray) -> tuple[float, float, float, float]:
+    """The box (x1, y1, x2, y2, image pixels) `coef` predicts: features @ coef, in box sides around the
+    detector box's centre."""
     cx, cy = face.box.center
     side = max(face.box.width, face.box.height, 1e-6)
     d = box_features(face) @ coef
-    x1, y1, x2, y2 = cx + d[0] * side, cy + d[1] * side, cx + d[2] * side, cy + d[3] * side
+    return cx + d[0] * side, cy + d[1] * side, cx + d[2] * side, cy + d[3] * side
+
+
+def regressed_box_transform(face: Face, size: int, coef: np.ndarray, margin: float) -> np.ndarray:
+    """2x3 affine: the predicted box, `margin` of its width added in total to both sides, onto a size x size
+    chip."""
+    x1, y1, x2, y2 = predicted_box(face, coef)
     grow = margin * max(x2 - x1, 1e-6) / 2
     x1, y1, x2, y2 = x1 - grow, y1 - grow, x2 + grow, y2 + grow
     sx, sy = size / max(x2 - x1, 1e-6), size / max(y2 - y1, 1e-6)
