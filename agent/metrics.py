@@ -371,9 +371,6 @@ class AgentMetrics:
             ["camera", "result"],
         )
         self.gallery_size = registry.gauge("face_agent_gallery_size", "Faces in the loaded gallery index")
-        self.sync_lag = registry.gauge(
-            "face_agent_sync_lag_seconds", "Age of the newest change applied from the cloud face groups"
-        )
         self._lock = threading.Lock()
         self._queues: dict[str, Callable[[], float]] = {}
         self._outbox: Callable[[], float] | None = None

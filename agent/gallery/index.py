@@ -202,10 +202,6 @@ class HnswIndex:
     def ready(self) -> bool:
         return self._ready.is_set() and self._index is not None
 
-    @property
-    def dirty(self) -> bool:
-        return self._dirty
-
     def stats(self) -> dict[str, int]:
         idx = self._index
         elements = idx.element_count if idx is not None else 0

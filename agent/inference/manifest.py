@@ -47,10 +47,6 @@ class ModelInfo:
     def output(self) -> dict[str, Any]:
         return self.facts["output"]
 
-    @property
-    def licence(self) -> str:
-        return str(self.facts.get("licence", "unknown"))
-
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
