@@ -353,12 +353,10 @@ class RecognitionPipeline:
         if cam.tracker.liveness_on and observations:
             self.latency.add("liveness", cam.tracker.liveness_seconds)
         notices = cam.tracker.pop_challenges()
-        # An outcome goes before the follow-up event it allowed; an issued (or refused: "locked") challenge
-        # after the recognized event whose decision issued it (the kiosk greets, then shows the instruction).
-        after = ("issued", "locked")
-        self._emit_challenges(cam, [n for n in notices if n.state not in after], clock, frame)
+        # The kiosk greets, then shows the instruction; an outcome precedes the follow-up it allowed.
+        self._emit_challenges(cam, [n for n in notices if not n.follows_event], clock, frame)
         self._emit(cam, events, frame)
-        self._emit_challenges(cam, [n for n in notices if n.state in after], clock, frame)
+        self._emit_challenges(cam, [n for n in notices if n.follows_event], clock, frame)
         self.latency.add("capture_to_processed", time.monotonic() - frame.captured_mono)
         self._count_fps(cam, frame)
 

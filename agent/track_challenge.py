@@ -47,6 +47,12 @@ class ChallengeNotice:
     clock: float  # when this notice was made (tracker clock)
     person_id: str | None  # the gallery person the track was recognized as (its outer id)
 
+    @property
+    def follows_event(self) -> bool:
+        """Made by the decision that made a recognized event (issued, or refused at issue: "locked"), so it is
+        published after that event; an outcome goes before the follow-up event it allowed."""
+        return self.state in ("issued", "locked")
+
 
 def challenge_levels() -> dict[str, LivenessThresholds]:
     """The liveness levels of a camera with a challenge: HIGH also requires it (`challenge_failed`)."""
