@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import http.client
 import time
 import uuid
 
@@ -235,16 +235,26 @@ def test_full_engine_queue_answers_at_once_and_timeouts_are_bounded(tmp_path, da
 
 
 def test_connections_beyond_the_handler_limit_get_503(tmp_path):
-    r = start(tmp_path, max_handlers=1, socket_timeout_s=5)
+    # The idle timeout is far beyond every wait below, so only closing `first` can free its handler.
+    r = start(tmp_path, max_handlers=1, socket_timeout_s=120)
+    first = http.client.HTTPConnection("127.0.0.1", r.server.port, timeout=30)
     try:
-        first = socket.create_connection(("127.0.0.1", r.server.port), timeout=5)  # holds the only handler
-        time.sleep(0.2)
+        # A keep-alive connection that got its answer holds the only handler, which now waits for its next
+        # request. The answer proves the server took the connection (a bare connect() only says the kernel
+        # queued it), so no sleep is needed to let the server catch up.
+        first.request("GET", "/api/v1/health")
+        answer = first.getresponse()
+        assert answer.status == 200 and answer.read() and answer.getheader("Connection") != "close"
         reply = call(r, "GET", "/api/v1/health")
         assert reply.status == 503 and reply.json()["error"]["code"] == "busy"
         first.close()
-        time.sleep(0.3)
-        assert call(r, "GET", "/api/v1/health").status == 200
+        # The handler frees the slot when it reads the end of `first`; poll for that, however late it runs.
+        deadline = time.monotonic() + 60
+        while (reply := call(r, "GET", "/api/v1/health")).status == 503 and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling interval, not synchronisation
+        assert reply.status == 200
     finally:
+        first.close()
         r.close()
 
 

@@ -8,7 +8,6 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -163,7 +162,11 @@ def test_watchdog_interval_from_environment() -> None:
 
 
 def test_heartbeat_registry() -> None:
-    registry = HeartbeatRegistry(max_entries=2)
+    assert HeartbeatRegistry().clock is time.monotonic  # what the agent uses
+    # Here the test's clock: on the wall clock a loaded machine could let the 0.05 s max age pass between
+    # register() and the check that finds it fresh. (tests/test_serve_watchdog.py runs on the real clock.)
+    now = [100.0]
+    registry = HeartbeatRegistry(max_entries=2, clock=lambda: now[0])
     camera = registry.register("camera/front", max_age_s=0.05)
     registry.register("inference", max_age_s=60)
     assert registry.stale() == []
@@ -173,7 +176,7 @@ def test_heartbeat_registry() -> None:
         registry.register("publish", max_age_s=1)
     with pytest.raises(ValueError):
         HeartbeatRegistry().register("x", max_age_s=0)
-    time.sleep(0.08)
+    now[0] += 0.08  # no beat for 0.08 s
     stale = registry.stale()
     assert [s.name for s in stale] == ["camera/front"]
     assert stale[0].age_s > 0.05
@@ -187,51 +190,50 @@ def test_watchdog_pinger_follows_heartbeats(
     notify_socket: tuple[socket.socket, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     sock, path = notify_socket
-    registry = HeartbeatRegistry()
+    # The heartbeats run on the test's clock, so the camera is fresh or hung when the test says so. On the
+    # wall clock, with a thread beating every 20 ms, a loaded machine starving that thread for 0.3 s would
+    # hang it for real (a second "withholding" line), and a beat delayed past the "hang" would revive it.
+    now = [100.0]
+    registry = HeartbeatRegistry(clock=lambda: now[0])
     camera = registry.register("camera/front", max_age_s=0.3)
     registry.register("inference", max_age_s=60)
-    beating = threading.Event()
-    beating.set()
-    done = threading.Event()
-
-    def camera_loop() -> None:
-        while not done.is_set():
-            if beating.is_set():
-                camera.beat()
-            time.sleep(0.02)
-
-    worker = threading.Thread(target=camera_loop, daemon=True)
-    worker.start()
     pinger = WatchdogPinger(Notifier(path), registry, interval_s=0.2)
     assert pinger.period_s == pytest.approx(0.1)
+    sock.settimeout(30.0)  # a bound for a hang, not a wait: each ping comes a period (0.1 s) after the last
     try:
         with caplog.at_level(logging.INFO, logger="agent.systemd"):
             pinger.start()
             assert [sock.recv(4096) for _ in range(3)] == [b"WATCHDOG=1"] * 3  # pings while fresh
 
-            beating.clear()  # the camera thread hangs
-            deadline = time.monotonic() + 3.0
-            while pinger.withheld == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert pinger.withheld > 0
-            _drain(sock)
-            sock.settimeout(0.5)
-            with pytest.raises(socket.timeout):  # five periods without a single ping
-                sock.recv(4096)
+            now[0] += 0.31  # the camera thread hangs: no beat for longer than its max age
+            deadline = time.monotonic() + 30
+            while pinger.withheld == 0:
+                assert time.monotonic() < deadline, "the pinger never noticed the stale heartbeat"
+                time.sleep(0.02)  # polling interval, not synchronisation
+            _drain(sock)  # pings sent before the pinger noticed
+            # Five periods without a single ping, counted in the pinger's own ticks rather than a 0.5 s window
+            # that a loaded machine might fill with fewer ticks. A ping is in the socket by the time its tick
+            # ends, so whatever was sent during these ticks is there to be drained.
+            pings, ticks = pinger.pings, pinger.withheld
+            deadline = time.monotonic() + 30
+            while pinger.withheld < ticks + 5:
+                assert time.monotonic() < deadline, "the pinger stopped ticking"
+                time.sleep(0.02)  # polling interval, not synchronisation
+            assert pinger.pings == pings and _drain(sock) == []
             withheld = [r for r in caplog.records if "withholding" in r.getMessage()]
             assert len(withheld) == 1  # logged once, not every tick
             assert withheld[0].levelno == logging.ERROR
             assert "camera/front" in withheld[0].getMessage()
             assert "inference" not in withheld[0].getMessage()
 
-            beating.set()  # the camera thread recovers
-            sock.settimeout(2.0)
+            camera.beat()  # the camera thread recovers
+            sock.settimeout(30.0)  # _drain() set it back to 2 s
             assert sock.recv(4096) == b"WATCHDOG=1"
             assert any("resuming" in r.getMessage() for r in caplog.records)
     finally:
         assert pinger.stop(timeout_s=2.0)
-        done.set()
-        worker.join(2.0)
+    # A window for something that must not happen: the thread has ended (stop() returned True), so a loaded
+    # machine can only lengthen the window, never produce a ping in it.
     pings = pinger.pings
     time.sleep(0.25)
     assert pinger.pings == pings  # stopped means stopped
