@@ -7,7 +7,6 @@ Each configuration runs in its own subprocess, so its peak RSS is its own. Media
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -17,6 +16,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+# cpu_model moved to the runtime package; still importable from here for older scripts.
+from agent.inference.runtime.cpu import cpu_info, cpu_model  # noqa: F401
 
 
 def _frames(paths: list[Path]) -> list[np.ndarray]:
@@ -32,17 +34,6 @@ def _frames(paths: list[Path]) -> list[np.ndarray]:
         frame[: small.shape[0], : small.shape[1]] = small
         out.append(frame)
     return out
-
-
-def cpu_model() -> str:
-    """The CPU model name for benchmark reports: numbers only mean something beside their machine."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _stats(samples: list[float]) -> dict[str, float]:
@@ -165,6 +156,7 @@ def main(argv: list[str]) -> None:
         res = bench_engine(a.runtime, a.model, a.precision, a.detector, a.images, a.repeats, a.threads)
     else:
         res = bench_dlib(a.images, a.repeats)
+    res["cpu"] = cpu_info().as_dict()  # INT8 vs FP32 numbers depend on the CPU's VNNI / dotprod flags
     print(json.dumps(res))
 
 

@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.bench import cpu_model  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig, NewFace  # noqa: E402
+from agent.inference.runtime.cpu import cpu_model  # noqa: E402
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

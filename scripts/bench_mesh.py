@@ -23,12 +23,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from liveness_eval import live_tracks  # noqa: E402
 
-from agent.bench import cpu_model  # noqa: E402
 from agent.config import EngineConfig, OnnxRuntimeConfig  # noqa: E402
 from agent.datadir import shared_data_dir  # noqa: E402
 from agent.gates.blink import BlinkConfig, BlinkDetector  # noqa: E402
 from agent.gates.mesh import open_face_mesh  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
+from agent.inference.runtime.cpu import cpu_model  # noqa: E402
 
 
 def latency(cfg: EngineConfig, faces: list, runs: int) -> tuple[float, float]:

@@ -117,11 +117,15 @@ def _bench_images(data: Path) -> list[Path]:
 
 def run_bench(args: argparse.Namespace) -> int:
     from agent.bench import run_isolated
+    from agent.inference.runtime.cpu import cpu_info
 
     images = [str(p) for p in _bench_images(args.data)]
     if not images:
         print(f"no benchmark photos under {args.data}")
         return 2
+    cpu = cpu_info()
+    # Whether INT8 beats FP32 depends on the CPU's 8-bit dot-product instructions: say which CPU this is.
+    print(f"CPU: {cpu.describe()}", flush=True)
     manifest = Manifest()
     rows = []
     t0 = time.time()
@@ -155,8 +159,10 @@ def run_bench(args: argparse.Namespace) -> int:
         res = run_isolated(["dlib", "--repeats", str(args.repeats), *images])
         rows.append(res)
         print(json.dumps(res), flush=True)
+    for row in rows:  # a failed configuration's row says which machine it failed on too
+        row.setdefault("cpu", cpu.as_dict())
     print(_bench_table(rows))
-    print(f"({len(images)} photos letterboxed to 640x480, {time.time() - t0:.0f}s)")
+    print(f"({len(images)} photos letterboxed to 640x480, {time.time() - t0:.0f}s, CPU: {cpu.describe()})")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
     return 0

@@ -7,6 +7,7 @@ face cut by the border keeps coordinates outside the image (the quality gate use
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -64,29 +65,28 @@ def letterbox(bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
 
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> list[tuple[np.ndarray, float]]:
     """Blend overlapping detections (score-weighted mean of box and keypoints), as BlazeFace was tuned for.
-    `boxes` rows: x1, y1, x2, y2, then keypoint x, y pairs."""
+    `boxes` rows: x1, y1, x2, y2, then keypoint x, y pairs. Each round takes the best box still unclaimed
+    and blends the unclaimed boxes overlapping it: a mask over the score order and the areas computed once,
+    as a camera frame has a handful of candidates and per-call numpy overhead is most of the cost."""
     order = np.argsort(-scores)
-    remaining = order
+    boxes, scores = boxes[order], scores[order]
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    free = np.ones(len(scores), bool)
     out: list[tuple[np.ndarray, float]] = []
-    while remaining.size:
-        top = remaining[0]
-        iou = _iou(boxes[top, :4], boxes[remaining, :4])
-        group = remaining[iou > iou_thr]
+    while free.any():
+        top = int(np.argmax(free))
+        ix = np.maximum(np.minimum(x2[top], x2) - np.maximum(x1[top], x1), 0)
+        iy = np.maximum(np.minimum(y2[top], y2) - np.maximum(y1[top], y1), 0)
+        inter = ix * iy
+        iou = inter / np.maximum(areas[top] + areas - inter, 1e-9)
+        group = np.flatnonzero((iou > iou_thr) & free)
         if group.size == 0:  # numerical corner case: a degenerate box overlaps nothing, not even itself
-            group = remaining[:1]
+            group = np.array([top])
         w = scores[group][:, None]
         out.append(((boxes[group] * w).sum(0) / w.sum(), float(scores[top])))
-        remaining = remaining[~np.isin(remaining, group)]
+        free[group] = False
     return out
-
-
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    ix = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
-    iy = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
-    inter = ix * iy
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
 
 
 class BlazeFaceDetector:
@@ -114,6 +114,12 @@ class BlazeFaceDetector:
             raise ModelError(
                 f"{info.name}: {len(self._anchors)} anchors generated, manifest says {info.output['anchors']}"
             )
+        # Added to the scaled regressors in one step: anchor x, y under the centre and each keypoint, 0
+        # under width and height.
+        self._offsets = np.zeros((len(self._anchors), 4 + 2 * self._num_kp), np.float32)
+        self._offsets[:, 0:2] = self._anchors
+        for k in range(self._num_kp):
+            self._offsets[:, 4 + 2 * k : 6 + 2 * k] = self._anchors
 
     def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         canvas, lb = letterbox(bgr, self.size)
@@ -128,37 +134,46 @@ class BlazeFaceDetector:
     def detect(self, bgr: np.ndarray, score_threshold: float | None = None) -> list[Face]:
         x, lb = self.preprocess(bgr)
         out = self._session.run(x)
+        thr = self._config.score_threshold if score_threshold is None else score_threshold
+        rows, scores = self.candidates(out, thr)
+        if not len(scores):
+            return []
+        return self.to_faces(weighted_nms(rows, scores, self._config.nms_iou), lb)
+
+    def candidates(self, out: dict[str, np.ndarray], thr: float) -> tuple[np.ndarray, np.ndarray]:
+        """The anchors scoring >= thr: decoded rows (x1, y1, x2, y2, kp...) in 0..1 letterbox coordinates
+        and their sigmoid scores. Only the few candidates are converted and decoded, not all anchors."""
         raw_boxes = out[self._out_boxes].reshape(-1, 4 + 2 * self._num_kp)
         raw_scores = out[self._out_scores].reshape(-1)
-        if raw_boxes.shape[0] != len(self._anchors):
+        if raw_boxes.shape[0] != len(self._anchors) or raw_scores.shape[0] != len(self._anchors):
             raise ModelError(
-                f"{self.info.name}: model returned {raw_boxes.shape[0]} boxes, expected {len(self._anchors)}"
+                f"{self.info.name}: model returned {raw_boxes.shape[0]} boxes and {raw_scores.shape[0]} "
+                f"scores, expected {len(self._anchors)}"
             )
-        thr = self._config.score_threshold if score_threshold is None else score_threshold
-        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores.astype(np.float64), -self._clip, self._clip)))
-        keep = np.flatnonzero(scores >= thr)
-        if keep.size == 0:
-            return []
-        decoded = self._decode(raw_boxes[keep], self._anchors[keep])
+        # The sigmoid is monotonic: compare the logits with the threshold's logit first (a margin below it
+        # keeps every anchor the exact float64 test accepts), then score only those few anchors.
+        low = math.log(thr / (1.0 - thr)) - 1e-3 if 0.0 < thr < 1.0 else -math.inf
+        idx = np.flatnonzero(raw_scores >= low) if low > -self._clip else np.arange(len(raw_scores))
+        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores[idx].astype(np.float64), -self._clip, self._clip)))
+        passed = scores >= thr
+        keep = idx[passed]
+        r = raw_boxes[keep] / self._coord_scale + self._offsets[keep]  # centres and keypoints + anchor
+        half = r[:, 2:4] / 2
+        r[:, 2:4] = r[:, 0:2] + half
+        r[:, 0:2] -= half
+        return r, scores[passed]
+
+    def to_faces(self, blended: list[tuple[np.ndarray, float]], lb: Letterbox) -> list[Face]:
+        """NMS output -> faces in original image pixels, without those smaller than min_face_px."""
         faces = []
-        for row, score in weighted_nms(decoded, scores[keep], self._config.nms_iou):
-            face = self._to_image(row, score, lb)
+        for row, score in blended:  # a handful: per-row numpy beats stacking them first
+            pts = row.reshape(-1, 2) * self.size
+            pts[:, 0] = (pts[:, 0] - lb.pad_x) / lb.scale
+            pts[:, 1] = (pts[:, 1] - lb.pad_y) / lb.scale
+            (x1, y1), (x2, y2) = pts[0], pts[1]
+            face = Face(
+                Box(float(x1), float(y1), float(x2), float(y2)), float(score), pts[2:].astype(np.float32)
+            )
             if min(face.box.width, face.box.height) >= self._config.min_face_px:
                 faces.append(face)
         return faces
-
-    def _decode(self, raw: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        """Raw regressors -> rows of x1, y1, x2, y2, kp... in 0..1 letterbox coordinates."""
-        r = raw / self._coord_scale
-        cx, cy = r[:, 0] + anchors[:, 0], r[:, 1] + anchors[:, 1]
-        w, h = r[:, 2], r[:, 3]
-        kps = r[:, 4:].reshape(-1, self._num_kp, 2) + anchors[:, None, :]
-        box = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-        return np.concatenate([box, kps.reshape(len(r), -1)], axis=1)
-
-    def _to_image(self, row: np.ndarray, score: float, lb: Letterbox) -> Face:
-        pts = row.reshape(-1, 2) * self.size
-        pts[:, 0] = (pts[:, 0] - lb.pad_x) / lb.scale
-        pts[:, 1] = (pts[:, 1] - lb.pad_y) / lb.scale
-        (x1, y1), (x2, y2) = pts[0], pts[1]
-        return Face(Box(float(x1), float(y1), float(x2), float(y2)), float(score), pts[2:].astype(np.float32))
