@@ -22,6 +22,7 @@ from agent.capture import CaptureWorker, open_source
 from agent.config import AgentConfig, load_agent_config
 from agent.errors import AgentError, ConfigError
 from agent.gallery import Gallery, Matcher, ScoreMap
+from agent.gallery.variants import open_gallery
 from agent.health import HealthServer, Readiness
 from agent.log import setup_logging
 from agent.metrics import AgentMetrics, Registry
@@ -130,7 +131,7 @@ class AgentApp:
                 "scripts/build_models.py calibrate, or set recognition.cosine_thresholds"
             )
         scores = ScoreMap(thresholds)
-        gallery = Gallery(cfg.gallery)
+        gallery = open_gallery(cfg.gallery, engine)
         if not gallery.wait_ready(cfg.gallery.ready_timeout_s):
             gallery.close()
             raise ConfigError(

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.config import EngineConfig, OnnxRuntimeConfig, OpenVINORuntimeConfig
 from agent.errors import ModelError
+from agent.gallery.config import GalleryConfig
 
 Status = Literal["OK", "WARN", "FAIL"]
 _RANK = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -54,6 +55,10 @@ class DoctorConfig(BaseModel):
     broker: str | None = Field(None, description="host:port of the MQTT broker; overrides the config.")
     hub_url: str | None = Field(None, description="URL of the cloud hub / face-group API (TCP check only).")
     check_cameras: bool = Field(True, description="Open the configured / present video devices.")
+    check_speed: bool = Field(True, description="Time the embedder's INT8 and FP32 variants on this CPU.")
+    speed_budget_s: float = Field(
+        1.0, gt=0, le=60, description="Most seconds the INT8 / FP32 timing loop runs (compiling comes first)."
+    )
 
 
 # -- runtimes and models -------------------------------------------------------------------------------------
@@ -163,6 +168,169 @@ def check_engine_models(engine: EngineConfig) -> Check:
         )
     ids = ", ".join(f"{n}/{v}" for n, v in wanted)
     return Check("engine-models", "OK", f"{ids} ready for {runtime}")
+
+
+def check_gallery_variant(engine: EngineConfig, gallery: GalleryConfig) -> Check:
+    """The embedding variant the config runs, and whether the gallery's faces are in its space (faces of
+    another variant are re-embedded from thumbnails at start, or refuse it: agent/gallery/variants.py)."""
+    from agent.gallery.store import DB_FILENAME, GalleryStore
+    from agent.gallery.variants import Space, foreign_variants
+    from agent.inference.manifest import Manifest
+
+    try:
+        info = Manifest(engine.models_dir).info(
+            engine.embedder.model, engine.embedder.precision, engine.runtime.kind, verify=False
+        )
+    except ModelError as exc:
+        return Check("gallery-variant", "FAIL", exc.message, "see the engine-models check")
+    variant = f"{info.model_id} on {engine.runtime.kind}"
+    if not (gallery.path / DB_FILENAME).exists():
+        return Check("gallery-variant", "OK", f"{variant}; no gallery yet at {gallery.path}")
+    store = GalleryStore(gallery)
+    try:
+        space = Space(info.model_id, info.space_accepts, info.space_hints)
+        mine = sum(n for _g, m, n, _t in store.space_counts() if m == info.model_id)
+        others = foreign_variants(store, space)
+    finally:
+        store.close()
+    if not others:
+        return Check(
+            "gallery-variant", "OK", f"{variant}; the gallery's {mine} face(s) of it are in its space"
+        )
+    parts = []
+    for o in others:
+        how = (
+            "accepted as the same space"
+            if o.model_id in space.accepts
+            else "re-embedded at start"
+            if o.thumbnails == o.faces and gallery.on_variant_change == "reembed"
+            else "refuses the start"
+        )
+        parts.append(f"{o.faces} face(s) of {o.model_id} ({o.thumbnails} with thumbnails: {how})")
+    refused = any(p.endswith("refuses the start)") for p in parts)
+    return Check(
+        "gallery-variant",
+        "FAIL" if refused else "WARN",
+        f"{variant}; gallery holds {mine} face(s) of it and {'; '.join(parts)}",
+        "re-enrol those people or delete their faces (face-agent gallery delete), or run the variant "
+        "that enrolled them: " + "; ".join(space.hints.get(o.model_id, "?") for o in others),
+    )
+
+
+# -- INT8 vs FP32 speed --------------------------------------------------------------------------------------
+
+_SPEED_RUNS = 30  # single-face inferences per precision, at most
+_SPEED_MIN_RUNS = 5  # ... and at least, even when the time budget is spent
+_SPEED_FIX = "set engine.embedder.precision: fp32, or use the other runtime (engine.runtime.kind)"
+
+
+@dataclass(frozen=True)
+class PrecisionSpeed:
+    """Median milliseconds of one single-face inference per precision, measured in alternation."""
+
+    model: str
+    runtime: str
+    device: str
+    int8_ms: float
+    fp32_ms: float
+    runs: int
+
+
+def measure_int8_speed(engine: EngineConfig, budget_s: float, max_runs: int = _SPEED_RUNS) -> PrecisionSpeed:
+    """Time the configured embedder's int8 and fp32 variants on the configured runtime, one blank chip
+    through the embedder's own preprocessing, runs of the two interleaved so load from other processes hits
+    both alike. Raises ModelError / DeviceError when a variant cannot be loaded."""
+    import functools
+    import statistics
+    import time
+
+    import numpy as np
+
+    from agent.inference.embedder import Embedder
+    from agent.inference.manifest import Manifest
+    from agent.inference.runtime import open_session
+
+    manifest = Manifest(engine.models_dir)
+    name, rt = engine.embedder.model, engine.runtime
+    runs: dict[str, Callable[[], object]] = {}
+    device = ""
+    for precision in ("int8", "fp32"):
+        info = manifest.info(name, precision, rt.kind, verify=engine.verify_checksums)
+        session = open_session(info.files, rt)
+        embedder = Embedder(info, session, max_batch=1)
+        x = embedder.preprocess([np.full((embedder.size, embedder.size, 3), 127, np.uint8)])
+        runs[precision] = functools.partial(session.run, x)
+        device = session.device
+    for run in runs.values():  # the first inferences pay for kernel selection and memory planning
+        run()
+        run()
+    samples: dict[str, list[float]] = {"int8": [], "fp32": []}
+    deadline = time.monotonic() + budget_s
+    for i in range(max_runs):
+        if i >= _SPEED_MIN_RUNS and time.monotonic() > deadline:
+            break
+        for precision in ("int8", "fp32") if i % 2 == 0 else ("fp32", "int8"):
+            t = time.perf_counter()
+            runs[precision]()
+            samples[precision].append(time.perf_counter() - t)
+    int8_ms, fp32_ms = (1000 * statistics.median(samples[p]) for p in ("int8", "fp32"))
+    return PrecisionSpeed(name, rt.kind, device, int8_ms, fp32_ms, len(samples["int8"]))
+
+
+def judge_int8_speed(
+    configured: str, int8_ms: float, fp32_ms: float, cpu_kind: str, where: str = ""
+) -> Check:
+    """WARN when INT8 is configured and its median is above FP32's: without 8-bit dot-product instructions
+    (VNNI, AMX, arm64 dotprod) a runtime can run INT8 slower than FP32, for no accuracy gain."""
+    seen = f"{cpu_kind}: INT8 {int8_ms:.2f} ms, FP32 {fp32_ms:.2f} ms median per face{where}"
+    if configured == "int8" and int8_ms > fp32_ms:
+        return Check("int8-speed", "WARN", f"int8 configured but slower than fp32 on {seen}", _SPEED_FIX)
+    note = (
+        f"; INT8 would be {fp32_ms / int8_ms:.1f}x faster"
+        if configured == "fp32" and 0 < int8_ms < fp32_ms
+        else ""
+    )
+    return Check("int8-speed", "OK", f"{configured} configured; {seen}{note}")
+
+
+def check_int8_speed(engine: EngineConfig, budget_s: float) -> Check:
+    """Whether INT8 pays on this CPU for the configured embedder and runtime (see judge_int8_speed)."""
+    from agent.errors import AgentError
+    from agent.inference.manifest import Manifest
+    from agent.inference.runtime.cpu import cpu_info
+
+    name, runtime = engine.embedder.model, engine.runtime.kind
+    try:
+        manifest = Manifest(engine.models_dir)
+        built = manifest.variants(name)
+    except ModelError as exc:
+        return Check(
+            "int8-speed", "WARN", f"not measured: {exc.message}", "see the models / engine-models checks"
+        )
+    for precision in ("int8", "fp32"):
+        if precision not in built:
+            return Check(
+                "int8-speed", "OK", f"not measured: {name} has no {precision} variant to compare with"
+            )
+        try:  # cheap (no hashing): are the files there, and usable by this runtime?
+            manifest.info(name, precision, runtime, verify=False)
+        except ModelError as exc:
+            if _is_file_problem(exc):
+                return Check("int8-speed", "WARN", f"not measured: {exc.message}", "see the models check")
+            return Check("int8-speed", "OK", f"not measured, nothing to compare: {exc.message}")
+    try:
+        speed = measure_int8_speed(engine, budget_s)
+    except AgentError as exc:  # a corrupt file, or a device / runtime the engine could not use either
+        if isinstance(exc, ModelError) and _is_file_problem(exc):
+            return Check("int8-speed", "WARN", f"not measured: {exc.message}", "see the models check")
+        return Check(
+            "int8-speed",
+            "FAIL",
+            f"{name} int8 / fp32 could not run on {runtime}: {exc.message}",
+            "see the runtimes, models and engine-models checks",
+        )
+    where = f" ({speed.runs} runs each, {name} on {runtime} {speed.device})"
+    return judge_int8_speed(engine.embedder.precision, speed.int8_ms, speed.fp32_ms, cpu_info().kind, where)
 
 
 # -- cameras -------------------------------------------------------------------------------------------------
@@ -355,6 +523,7 @@ class DoctorTargets:
     broker: tuple[str, int] | None
     hub: tuple[str, int] | None
     camera_devices: list[str] | None  # None: probe every /dev/video*
+    gallery: GalleryConfig | None = None
 
 
 def run_checks(
@@ -370,6 +539,10 @@ def run_checks(
         check_models(targets.engine.models_dir),
         check_engine_models(targets.engine),
     ]
+    if targets.gallery is not None:
+        checks.append(check_gallery_variant(targets.engine, targets.gallery))
+    if cfg.check_speed:
+        checks.append(check_int8_speed(targets.engine, cfg.speed_budget_s))
     if cfg.check_cameras:
         checks.append(check_cameras(targets.camera_devices, cfg.camera_timeout_s))
     if targets.broker is None:
@@ -445,6 +618,7 @@ def resolve_targets(
         broker=broker,
         hub=hub_address(cfg.hub_url) if cfg.hub_url else None,
         camera_devices=devices,
+        gallery=agent_cfg.gallery,
     )
     return targets, config_check
 
@@ -460,6 +634,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             broker=args.broker,
             hub_url=args.hub_url,
             check_cameras=not args.no_cameras,
+            check_speed=not args.no_speed,
         )
         targets, config_check = resolve_targets(
             args.config, dict(os.environ), cfg, state_dir=args.state_dir, models_dir=args.models_dir
@@ -473,7 +648,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
-        "doctor", help="check runtimes, models, cameras, broker, hub, disk, clock, permissions"
+        "doctor", help="check runtimes, models, INT8 speed, cameras, broker, hub, disk, clock, permissions"
     )
     d.add_argument("--config", type=Path, default=None, help="agent YAML config (default: built-in defaults)")
     d.add_argument("--state-dir", type=Path, default=None, help="overrides the config's state_dir")
@@ -484,5 +659,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--camera-timeout", type=float, default=5.0, help="seconds one camera may take to open")
     d.add_argument("--min-free-mb", type=int, default=200, help="FAIL below this much free disk space")
     d.add_argument("--no-cameras", action="store_true", help="skip opening cameras (e.g. while in use)")
+    d.add_argument(
+        "--no-speed", action="store_true", help="skip timing the embedder's INT8 against its FP32 variant"
+    )
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=cmd_doctor)

@@ -80,7 +80,7 @@ def enroll_main(args: Any) -> int:
     """`face-agent enroll SOURCE`. Exit 0 when every image was enrolled or was a duplicate, 1 when some
     were rejected (the summary says why), 2 on an error that stopped the run."""
     from agent.enroll import EnrollConfig, Enroller, load_items
-    from agent.gallery import Gallery
+    from agent.gallery.variants import open_gallery
     from agent.inference.engine import FaceEngine
     from agent.serve import engine_overrides, load_serve_config
 
@@ -102,7 +102,7 @@ def enroll_main(args: Any) -> int:
             print(json.dumps(outcome.as_json(), ensure_ascii=False), flush=True)
         progress.update(summary)
 
-    with Gallery(cfg.gallery) as gallery:
+    with open_gallery(cfg.gallery, engine) as gallery:
         summary = Enroller(engine, gallery, enroll_cfg).run(items, on_outcome)
     progress.update(summary, final=True)
     if args.json or args.json_lines:

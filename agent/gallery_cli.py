@@ -248,13 +248,12 @@ def _decode_face(path: Path, n: int, rec: dict[str, Any], dims: dict[str, int]) 
 def check_models(gallery: Gallery, arc: Archive, allow_unknown: bool, models_dir: Path | None = None) -> None:
     """Refuse models this agent does not know (their embeddings cannot be matched by any probe it makes)
     and dimensions that differ from the manifest or from faces already in the gallery."""
-    from agent.errors import ModelError
     from agent.inference.manifest import Manifest
 
     manifest = Manifest(models_dir)
     for model_id, dim in arc.dims.items():
-        name, _, variant = model_id.partition("/")
-        known = name in manifest.names("embedder") and variant in manifest.variants(name)
+        name = model_id.partition("/")[0]
+        known = name in manifest.names("embedder") and model_id in manifest.spaces(name)
         if not known and not allow_unknown:
             raise InputError(
                 f"archive holds embeddings of model {model_id!r}, which this agent's model manifest does not "
@@ -262,12 +261,7 @@ def check_models(gallery: Gallery, arc: Archive, allow_unknown: bool, models_dir
                 "import them anyway",
                 code="unknown_model",
             )
-        want = None
-        if known:
-            try:
-                want = manifest.info(name, variant, "onnxruntime", verify=False).output.get("dim")
-            except ModelError:  # listed but its files are not installed here: the gallery check still runs
-                want = None
+        want = manifest.output_dim(name) if known else None
         have = gallery.store.model_dim(model_id)
         for source, expected in (("the model manifest", want), ("the gallery", have)):
             if expected is not None and int(expected) != dim:

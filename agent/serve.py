@@ -118,11 +118,11 @@ def _serve(
     heartbeats: Any,
 ) -> None:
     from agent.api import ApiServer, build_context
-    from agent.gallery import Gallery
+    from agent.gallery.variants import open_gallery
     from agent.inference.engine import FaceEngine
 
     engine = FaceEngine(cfg.engine)
-    gallery = Gallery(cfg.gallery)
+    gallery = open_gallery(cfg.gallery, engine)
     try:
         if not gallery.wait_ready(cfg.gallery.ready_timeout_s):
             raise FatalError(f"gallery indexes not ready within {cfg.gallery.ready_timeout_s} s")

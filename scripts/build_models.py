@@ -15,8 +15,9 @@ Stages (each can run alone; `all` runs them in order):
              reading the .tflite); for the liveness gate's blink cue. Touches no other model.
   align      fit the dlib chip template for BlazeFace keypoints (scripts/fit_align_template.py) and the
              FaceNet crop, MTCNN's box predicted from BlazeFace's (scripts/fit_facenet_crop.py)
-  quantize   embedders -> INT8: OpenVINO IR via NNCF PTQ, ONNX QDQ via onnxruntime static quantization, both
-             calibrated on aligned crops of real faces (--calib-dir, default ../shared/data/lfw-devtrain)
+  quantize   embedders -> INT8: one ONNX QDQ file per model that both runtimes load (NNCF PTQ on the ONNX
+             graph, scripts/quantize.py), calibrated on aligned crops of real faces (--calib-dir, default
+             ../shared/data/lfw-devtrain)
   calibrate  similarity thresholds at FAR 1e-3..1e-6 from impostor pairs of lfw-devtrain, per variant and
              runtime
 Every written file's sha256 goes into models/manifest.json, with its source package, version and licence.
@@ -25,6 +26,7 @@ Every written file's sha256 goes into models/manifest.json, with its source pack
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -129,6 +131,10 @@ def record_file(manifest: dict, model: str, variant: str, runtime_key: str, path
     if path.suffix == ".xml":
         weights = path.with_suffix(".bin")
         rec["weights"] = {"path": str(weights.relative_to(MODELS)), "sha256": sha256(weights)}
+    if manifest["models"][model].get("kind") == "embedder":
+        # The embedding space this file computes (agent/gallery/variants.py): the file's name and the start of
+        # its sha256, so a rebuilt file is a new space and a gallery is never searched across two.
+        rec["space"] = f"{path.stem}.{rec['sha256'][:8]}"
     files[runtime_key] = rec
 
 
@@ -293,7 +299,7 @@ def stage_mesh(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------------------------- quantize
 def stage_quantize(args: argparse.Namespace) -> None:
-    from quantize import quantize_model  # scripts/ sibling
+    from quantize import RECIPES, quantize_model  # scripts/ sibling
 
     manifest = load_manifest()
     for model in args.models:
@@ -301,13 +307,29 @@ def stage_quantize(args: argparse.Namespace) -> None:
             continue
         print(f"quantize {model}")
         written = quantize_model(MODELS, manifest, model, args.calib_dir, args.calib_samples)
+        int8 = manifest["models"][model]["variants"].setdefault("int8", {})
+        for runtime_key, rec in list(int8.get("files", {}).items()):
+            if runtime_key not in written:  # a file no runtime loads any more (the former OpenVINO IR)
+                for old in (rec, rec.get("weights")):
+                    if old:
+                        (MODELS / old["path"]).unlink(missing_ok=True)
+                del int8["files"][runtime_key]
         for runtime_key, path in written.items():
             record_file(manifest, model, "int8", runtime_key, path)
-        manifest["models"][model]["variants"]["int8"]["calibration"] = {
+        int8.pop("thresholds", None)  # measured on the previous files: the calibrate stage measures again
+        int8["calibration"] = {
             "data": str(args.calib_dir.name),
             "samples": args.calib_samples,
+            "recipe": RECIPES[model],  # scripts/quantize.py: quantizer and settings; weights in 7-bit ranges
+            "tools": {"nncf": _version("nncf"), "onnxruntime": _version("onnxruntime")},
         }
         save_manifest(manifest)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
 
 
 # --------------------------------------------------------------------------------------------- calibrate
@@ -321,6 +343,8 @@ def stage_calibrate(args: argparse.Namespace) -> None:
         if entry.get("kind") != "embedder":
             continue
         for variant in entry.get("variants", {}):
+            if args.variants and variant not in args.variants:
+                continue
             for runtime in ("openvino", "onnxruntime"):
                 print(f"calibrate {model}/{variant} on {runtime}")
                 thr = calibrate_thresholds(MODELS, model, variant, runtime, args.data / "lfw-devtrain")
@@ -351,6 +375,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     p.add_argument("--calib-dir", type=Path, help="folder of face images for INT8 calibration (recursive)")
     p.add_argument("--calib-samples", type=int, default=300)
+    p.add_argument("--variants", nargs="+", help="calibrate only these variants (e.g. int8 after quantize)")
     args = p.parse_args()
     if args.venv is not None:
         argv = [a for a in sys.argv[1:]]
@@ -361,6 +386,13 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(1, str(ROOT))
     MODELS.mkdir(exist_ok=True)
+    lock = open(ROOT / ".build-models.lock", "w")  # noqa: SIM115 (held until the process exits)
+    try:
+        # Each stage reads manifest.json, works for minutes and writes it back: two builds at once would
+        # silently drop each other's records.
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"another build_models.py is running on {MODELS} (lock {lock.name}); wait for it")
     stages = ["convert", "mesh", "align", "quantize", "calibrate"] if args.stage == "all" else [args.stage]
     run = {
         "convert": stage_convert,

@@ -14,6 +14,11 @@ _BLAZEFACE_INPUT = {
     "resize": "letterbox",
 }
 
+_RETIRED_INT8 = (
+    "no file of this agent computes it (agent 0.1 named both of its INT8 files 'int8', although the "
+    "OpenVINO IR and the ONNX QDQ file are two spaces)"
+)
+
 FACTS: dict[str, dict] = {
     "blazeface-short": {
         "kind": "detector",
@@ -81,6 +86,11 @@ FACTS: dict[str, dict] = {
         # were trained on beats a square one: margin 0.08 / offset -0.04 / aspect 1.25 -> 98.45%; square
         # margin 0.10 -> 97.82%, 0.15 -> 97.55%, 0.0 -> 95.55%; aspect 1.15 -> 98.32-98.45%, 1.35 -> 97.91%.
         "align": {"method": "box", "margin": 0.08, "offset": [0.0, -0.04], "aspect": 1.25, "size": 160},
+        # Model ids of agent 0.1 (precision alone): its FP32 file is unchanged, so FP32 galleries are kept.
+        "legacy_spaces": {
+            "fp32": {"sha256": "0a616208f99617f245cd886d9d899369ee3a0cdcbb84488d736fb537e9647745"},
+            "int8": {"retired": _RETIRED_INT8},
+        },
     },
     "dlib-resnet-v1": {
         "kind": "embedder",
@@ -96,5 +106,10 @@ FACTS: dict[str, dict] = {
         },
         "output": {"dim": 128, "l2_normalised": False},
         "align": {"method": "dlib-chip", "size": 150, "padding": 0.25},
+        # Model ids of agent 0.1 (precision alone): its FP32 file is unchanged, so FP32 galleries are kept.
+        "legacy_spaces": {
+            "fp32": {"sha256": "b56a06bade5c65465d777b701b7962f69c8ce795acd567f2c9cceebd5b640ff1"},
+            "int8": {"retired": _RETIRED_INT8},
+        },
     },
 }

@@ -8,6 +8,8 @@ VENV=${FACE_AGENT_VENV:-.venv}
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# tests/test_int8_cpus.py runs the INT8 embedder on an emulated AVX2-only CPU (no AVX-512, no VNNI).
+[ "$(uname -m)" != x86_64 ] || command -v qemu-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-user)
 # tests/rtsp_server.py (the RTSP camera of tests/test_rtsp_source.py) runs on Debian's Python with GObject
 # introspection and GStreamer's RTSP server; --check exits non-zero when any element it uses is missing.
 /usr/bin/python3 tests/rtsp_server.py --check >/dev/null 2>&1 || need_apt+=(python3 python3-gi

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,16 +22,19 @@ from agent.doctor import (
     check_clock,
     check_disk,
     check_engine_models,
+    check_int8_speed,
     check_models,
     check_runtimes,
     check_state_permissions,
     check_tcp,
     exit_code,
     hub_address,
+    judge_int8_speed,
     parse_host_port,
     render_text,
 )
 from agent.inference.runtime import available_devices
+from agent.inference.runtime.cpu import cpu_info
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,6 +132,59 @@ def test_missing_runtime_package_is_a_fail() -> None:
     assert result.status == "FAIL" and "pip install openvino" in result.fix
 
 
+# -- INT8 vs FP32 speed --------
+
+_MEDIANS = re.compile(
+    r"INT8 (?P<int8>[\d.]+) ms, FP32 (?P<fp32>[\d.]+) ms median per face \((?P<runs>\d+) runs"
+)
+
+
+@pytest.mark.parametrize("runtime", [OpenVINORuntimeConfig(), OnnxRuntimeConfig()], ids=lambda r: r.kind)
+def test_int8_speed_on_the_real_models(runtime) -> None:
+    """Both variants of the default embedder really run on this CPU; the verdict follows the medians."""
+    result = check_int8_speed(EngineConfig(runtime=runtime), budget_s=0.5)
+    assert result.name == "int8-speed" and result.status in ("OK", "WARN"), result
+    found = _MEDIANS.search(result.message)
+    assert found, result.message
+    int8_ms, fp32_ms = float(found["int8"]), float(found["fp32"])
+    assert 0 < int8_ms < math.inf and 0 < fp32_ms < math.inf
+    assert int(found["runs"]) >= 5
+    assert cpu_info().kind in result.message and runtime.kind in result.message
+    assert result.message.startswith("int8 configured")  # the default precision
+    if int8_ms != fp32_ms:  # equal when rounded to 0.01 ms: either verdict is right
+        assert (result.status == "WARN") == (int8_ms > fp32_ms)
+    assert (result.fix != "") == (result.status == "WARN")
+
+
+def test_int8_slower_than_fp32_is_a_warning_with_the_fix() -> None:
+    slow = judge_int8_speed("int8", 12.5, 10.0, "x86-64 AVX2 (no VNNI)")
+    assert slow.status == "WARN"
+    assert "12.50 ms" in slow.message and "10.00 ms" in slow.message and "AVX2 (no VNNI)" in slow.message
+    assert "embedder.precision: fp32" in slow.fix and "other runtime" in slow.fix
+    assert judge_int8_speed("int8", 4.0, 10.0, "x86-64 AVX-512 VNNI").status == "OK"
+    assert judge_int8_speed("int8", 10.0, 10.0, "arm64 dotprod").status == "OK"  # not slower
+    assert judge_int8_speed("fp32", 12.5, 10.0, "x86-64 AVX2 (no VNNI)").status == "OK"  # fp32 already
+    faster = judge_int8_speed("fp32", 5.0, 10.0, "arm64 dotprod")
+    assert faster.status == "OK" and "2.0x faster" in faster.message
+
+
+def test_int8_speed_is_skipped_clearly_without_the_model_files(corrupt_models: tuple[Path, Path]) -> None:
+    from agent.inference.manifest import Manifest
+
+    copy, _ = corrupt_models
+    cfg = EngineConfig(models_dir=copy)
+    int8 = Manifest(copy).info(cfg.embedder.model, "int8", cfg.runtime.kind, verify=False).files.model
+    int8.unlink()
+    result = check_int8_speed(EngineConfig(models_dir=copy), budget_s=0.5)
+    assert result.status == "WARN" and result.message.startswith("not measured")
+    assert f"{int8.name} is missing" in result.message and "models check" in result.fix
+    int8.symlink_to(copy / "dlib-resnet-v1" / "fp32.onnx")
+    corrupt = check_int8_speed(EngineConfig(models_dir=copy), budget_s=0.5)  # present, wrong sha256
+    assert corrupt.status == "WARN" and "sha256" in corrupt.message and "models check" in corrupt.fix
+    gone = check_int8_speed(EngineConfig(models_dir=copy / "nowhere"), budget_s=0.5)
+    assert gone.status == "WARN" and "manifest" in gone.message
+
+
 # -- network --------
 
 
@@ -160,6 +218,7 @@ def test_broker_and_hub_from_flags_through_the_cli(mqtt_broker, tmp_path: Path) 
         "runtimes",
         "models",
         "engine-models",
+        "int8-speed",
         "disk",
         "clock",
         "state-permissions",
@@ -271,3 +330,38 @@ def test_exit_codes_and_text_rendering() -> None:
     assert exit_code([ok]) == 0 and exit_code([ok, warn]) == 1 and exit_code([warn, fail, ok]) == 2
     lines = render_text([ok, warn, fail]).splitlines()
     assert len(lines) == 3 and lines[1].endswith("-> fix: do x") and "fix" not in lines[0]
+
+
+def test_gallery_variant_check_says_which_space_and_what_start_will_do(tmp_path) -> None:
+    """Real manifest, real SQLite gallery: OK when the faces are in the running variant's space, WARN when
+    another variant's faces will be re-embedded at start, FAIL when they would refuse it."""
+    import numpy as np
+
+    from agent.config import EngineConfig
+    from agent.doctor import check_gallery_variant
+    from agent.gallery import GalleryConfig, GalleryStore, NewFace
+    from agent.inference.manifest import Manifest
+
+    engine = EngineConfig()
+    running = Manifest().info(engine.embedder.model, engine.embedder.precision, engine.runtime.kind, False)
+    cfg = GalleryConfig(path=tmp_path / "g")
+    assert check_gallery_variant(engine, cfg).status == "OK"  # no gallery yet
+
+    def add(model_id: str, thumb: bytes | None) -> None:
+        v = np.ones(128, np.float32) / np.sqrt(128)
+        store = GalleryStore(cfg)
+        if not store.list_groups():
+            store.create_group(group_id="door")
+        store.add_faces("door", [NewFace("p", v, model_id, thumbnail=thumb)])
+        store.close()
+
+    add(running.model_id, None)
+    ok = check_gallery_variant(engine, cfg)
+    assert ok.status == "OK" and running.model_id in ok.message and "1 face(s)" in ok.message
+    add("dlib-resnet-v1/int8", b"\xff\xd8 a thumbnail")
+    warn = check_gallery_variant(engine, cfg)
+    assert warn.status == "WARN" and "re-embedded at start" in warn.message
+    add("dlib-resnet-v1/int8", None)
+    fail = check_gallery_variant(engine, cfg)
+    assert fail.status == "FAIL" and "refuses the start" in fail.message
+    assert "no file of this agent" in fail.fix

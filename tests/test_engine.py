@@ -120,6 +120,8 @@ def test_no_face_in_dog_photo(ov, data_dir):
 def test_runtimes_agree_on_real_faces(engines, data_dir, precision):
     paths = sorted((data_dir / "lfw-devtrain/images").glob("B*/*_0001.jpg"))[:40]
     a, b = engines[("openvino", precision)], engines[("onnxruntime", precision)]
+    # One file per precision, loaded by both runtimes: one embedding space (galleries move between them).
+    assert a.model_id == b.model_id
     cosines = []
     for p in paths:
         fa, fb = a.analyze(_read(p), 1), b.analyze(_read(p), 1)
@@ -127,7 +129,11 @@ def test_runtimes_agree_on_real_faces(engines, data_dir, precision):
         assert fa[0].face.box.iou(fb[0].face.box) > 0.98
         assert np.abs(fa[0].face.keypoints - fb[0].face.keypoints).max() < 1.0
         cosines.append(float(fa[0].vector @ fb[0].vector))
-    assert min(cosines) >= 0.99, f"min cosine {min(cosines):.4f}"
+    # Measured with the shipped INT8 file on 9523 lfw-devtrain chips: min 0.9997 between the runtimes on a
+    # VNNI Xeon, and each runtime's output on an emulated AVX2-only EPYC equal to its VNNI output (cosine
+    # 1.0000, tests/test_int8_cpus.py); FP32 1.0000. 0.995 leaves room for the detectors' sub-pixel
+    # differences moving the crop; the earlier pair of INT8 files (one per runtime) reached 0.977 on AVX2.
+    assert min(cosines) >= 0.995, f"min cosine {min(cosines):.4f}"
 
 
 def test_int8_close_to_fp32(engines, data_dir):

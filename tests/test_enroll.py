@@ -229,7 +229,7 @@ def _rewrite(src: Path, dst: Path, change) -> Path:
     return dst
 
 
-def test_import_refuses_broken_archives(enrolled, tmp_path):
+def test_import_refuses_broken_archives(enrolled, tmp_path, agent_engine):
     gallery, _, _ = enrolled
     archive = tmp_path / "a.jsonl.gz"
     export_gallery(gallery, archive)
@@ -250,7 +250,7 @@ def test_import_refuses_broken_archives(enrolled, tmp_path):
         vec = base64.b64encode(np.full(64, 64**-0.5, "<f4").tobytes()).decode()
         return [{**r, "dim": 64, "embedding": vec} if r["type"] == "face" else r for r in rs]
 
-    assert read_archive(archive).dims == {"dlib-resnet-v1/int8": 128}  # what the gallery holds
+    assert read_archive(archive).dims == {agent_engine.model_id: 128}  # what the gallery holds
     small = read_archive(_rewrite(archive, tmp_path / "s.jsonl", shrink))
     with pytest.raises(InputError, match="have 64 values, the model manifest says 128") as err:
         check_models(gallery, small, allow_unknown=False)

@@ -2,10 +2,10 @@
 
 Typical wiring::
 
-    gallery = Gallery(GalleryConfig(path=state_dir / "gallery"))
-    matcher = Matcher(gallery, "facenet-casia/int8", ScoreMap(manifest_thresholds), gallery.config)
+    gallery = open_gallery(GalleryConfig(path=state_dir / "gallery"), engine)  # agent/gallery/variants.py
+    matcher = Matcher(gallery, engine.model_id, ScoreMap(manifest_thresholds), gallery.config)
     gallery.create_group(group_id="door")
-    gallery.add_face("door", "alice", embedding, "facenet-casia/int8")
+    gallery.add_face("door", "alice", embedding, engine.model_id)
     matcher.search("door", probe, top_k=1, min_score=80.0)
 """
 

@@ -92,6 +92,13 @@ class GalleryConfig(BaseModel):
         le=4_000_000,
         description="Largest stored aligned-face thumbnail; 0 disables thumbnails.",
     )
+    on_variant_change: Literal["reembed", "refuse"] = Field(
+        "reembed",
+        description="Faces enrolled under another variant of the running model (another precision or "
+        "runtime file: another embedding space) at start: 'reembed' them from their thumbnails (faces "
+        "without one refuse the start), or 'refuse' to start until they are re-enrolled or deleted. "
+        "Variants the model manifest measured as equal are accepted either way, and logged.",
+    )
     max_text_chars: int = Field(
         1024, ge=16, le=65_536, description="Longest group name, outerId or user_info accepted."
     )

@@ -452,6 +452,49 @@ class GalleryStore:
                 out[int(row[1])] = FaceRecord(*row)
         return out
 
+    # -- embedding spaces (agent/gallery/variants.py) ------------------------------------------------------
+
+    def space_counts(self) -> list[tuple[str, str, int, int]]:
+        """(group_id, model_id, faces, faces with a thumbnail) for every (group, model) that has faces."""
+        sql = (
+            "SELECT f.group_id, f.model_id, COUNT(*), COUNT(t.face_id) FROM faces f"
+            " LEFT JOIN face_thumbs t ON t.face_id = f.face_id GROUP BY f.group_id, f.model_id"
+        )
+        return [(g, m, int(n), int(t)) for g, m, n, t in self._query(sql)]
+
+    def thumbnails_of(self, model_id: str, after_label: int = 0, limit: int = 256) -> list[tuple]:
+        """(label, face_id, format, data) of faces of `model_id` that have a thumbnail, by label, a page."""
+        sql = (
+            "SELECT f.label, f.face_id, t.format, t.data FROM faces f JOIN face_thumbs t"
+            " ON t.face_id = f.face_id WHERE f.model_id = ? AND f.label > ? ORDER BY f.label LIMIT ?"
+        )
+        return [
+            (int(lb), fid, fmt, bytes(d))
+            for lb, fid, fmt, d in self._query(sql, (model_id, after_label, limit))
+        ]
+
+    def replace_embeddings(self, model_id: str, rows: Sequence[tuple[str, np.ndarray]]) -> int:
+        """Give faces (face_id, vector) a new embedding in another space, in one transaction: face ids,
+        persons, labels and thumbnails stay, so clients holding a face id keep it."""
+        checked = [(fid, check_vector(v)) for fid, v in rows]
+        with self._tx() as conn:
+            for fid, v in checked:
+                conn.execute(
+                    "UPDATE faces SET model_id = ?, dim = ?, embedding = ? WHERE face_id = ?",
+                    (model_id, int(v.shape[0]), v.astype("<f4").tobytes(), fid),
+                )
+        self._scrub_wal()
+        return len(checked)
+
+    def relabel_space(self, old_model_id: str, new_model_id: str) -> int:
+        """Move every face of one space to another whose embeddings are the same within a measured
+        tolerance (declared in the model manifest); returns how many moved."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE faces SET model_id = ? WHERE model_id = ?", (new_model_id, old_model_id)
+            )
+            return int(cur.rowcount)
+
     # -- what the index layer needs ----------------------------------------------------------------------
 
     def index_keys(self) -> list[tuple[str, str, int]]:

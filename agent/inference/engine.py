@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+import cv2
 import numpy as np
 
 from agent.config import EngineConfig
@@ -52,6 +53,33 @@ class FaceEngine:
     @property
     def model_id(self) -> str:
         return self.embedder.model_id
+
+    @property
+    def space_accepts(self) -> dict[str, str]:
+        """Other variants' model ids the manifest measured as this one's embedding space."""
+        return self.embedder.info.space_accepts
+
+    @property
+    def space_hints(self) -> dict[str, str]:
+        """Each variant of this model -> the precision and runtime that compute it."""
+        return self.embedder.info.space_hints
+
+    def embed_thumbnails(self, thumbnails: list[bytes]) -> np.ndarray:
+        """(N, dim) embeddings of stored aligned-chip thumbnails (JPEG or PNG), e.g. to re-embed a gallery
+        enrolled under another variant of this model: the chips were cut by this model's alignment."""
+        chips = []
+        for data in thumbnails:
+            chip = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if chip is None:
+                raise InputError("a stored thumbnail is not a readable image", code="invalid_thumbnail")
+            if chip.shape[:2] != (self.embedder.size, self.embedder.size):
+                raise InputError(
+                    f"a stored thumbnail is {chip.shape[1]}x{chip.shape[0]}, not this model's "
+                    f"{self.embedder.size}x{self.embedder.size} aligned chip",
+                    code="invalid_thumbnail",
+                )
+            chips.append(chip)
+        return self.embedder.embed_chips(chips)
 
     def _warm_up(self) -> None:
         # First inferences pay for kernel selection and memory planning; do it before READY.

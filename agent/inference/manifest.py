@@ -34,10 +34,15 @@ class ModelInfo:
     facts: dict[str, Any] = field(repr=False)
     files: ModelFiles = field(repr=False)
     thresholds: dict[str, float] = field(default_factory=dict)
+    space: str = ""  # the embedding space of the file this runtime loads; the variant name when not set
+    space_accepts: dict[str, str] = field(default_factory=dict)  # other model ids measured as this space
+    space_hints: dict[str, str] = field(default_factory=dict)  # other model ids -> how to run them
 
     @property
     def model_id(self) -> str:
-        return f"{self.name}/{self.variant}"
+        """The exact variant: model, precision and file (`dlib-resnet-v1/int8-qdq.1a2b3c4d`, the file's stem
+        and sha256 prefix). Two files are two embedding spaces, with their own gallery indexes."""
+        return f"{self.name}/{self.space or self.variant}"
 
     @property
     def input(self) -> dict[str, Any]:
@@ -73,6 +78,15 @@ class Manifest:
     def variants(self, name: str) -> list[str]:
         return list(self._entry(name).get("variants", {}))
 
+    def spaces(self, name: str) -> dict[str, str]:
+        """Every embedding space of a model, current and retired: model id -> how to run it."""
+        entry = self._entry(name)
+        return self._hints(name, entry.get("variants", {}), entry.get("legacy_spaces", {}))
+
+    def output_dim(self, name: str) -> int | None:
+        dim = self._entry(name).get("output", {}).get("dim")
+        return None if dim is None else int(dim)
+
     def _entry(self, name: str) -> dict[str, Any]:
         try:
             return self._data["models"][name]
@@ -89,8 +103,39 @@ class Manifest:
         var = variants[variant]
         files = self._files(name, variant, var["files"], runtime, verify)
         thresholds = var.get("thresholds", {}).get(runtime, {}).get("cosine_at_far", {})
-        facts = {k: v for k, v in entry.items() if k != "variants"}
-        return ModelInfo(name, entry["kind"], variant, facts, files, dict(thresholds))
+        facts = {k: v for k, v in entry.items() if k not in ("variants", "legacy_spaces")}
+        rec = _record_for(var["files"], runtime)
+        space = _space(variant, rec)
+        legacy = entry.get("legacy_spaces", {})
+        return ModelInfo(
+            name,
+            entry["kind"],
+            variant,
+            facts,
+            files,
+            dict(thresholds),
+            space,
+            _accepted(name, legacy, rec),
+            self._hints(name, variants, legacy),
+        )
+
+    @staticmethod
+    def _hints(name: str, variants: dict[str, Any], legacy: dict[str, Any]) -> dict[str, str]:
+        """How to run each space of this model: the precision and runtime that load its file."""
+        hints: dict[str, str] = {}
+        for variant, var in variants.items():
+            for runtime in ("openvino", "onnxruntime"):
+                rec = _record_for(var["files"], runtime)
+                if rec is not None:
+                    model_id = f"{name}/{_space(variant, rec)}"
+                    hint = f"run with embedder.precision {variant} on runtime {runtime}"
+                    hints[model_id] = f"{hints[model_id]} or {hint}" if model_id in hints else hint
+        for space, facts in legacy.items():  # ids of older agents
+            hint = (
+                facts["retired"] if "retired" in facts else f"run the file with sha256 {facts.get('sha256')}"
+            )
+            hints.setdefault(f"{name}/{space}", hint)
+        return hints
 
     def _resolve(self, rec: dict[str, Any], verify: bool) -> Path:
         path = self.dir / rec["path"]
@@ -115,3 +160,25 @@ class Manifest:
         if onnx is None:
             raise ModelError(f"{name}/{variant}: no file usable by {runtime} in the manifest")
         return ModelFiles(model=onnx, onnx=onnx)
+
+
+def _record_for(recs: dict[str, Any], runtime: str) -> dict[str, Any] | None:
+    """The file record a runtime loads: OpenVINO prefers its own IR, both fall back to the ONNX file."""
+    if runtime == "openvino" and "openvino" in recs:
+        return recs["openvino"]
+    return recs.get("onnx")
+
+
+def _space(variant: str, rec: dict[str, Any] | None) -> str:
+    return str(rec.get("space", variant)) if rec else variant
+
+
+def _accepted(name: str, legacy: dict[str, Any], rec: dict[str, Any] | None) -> dict[str, str]:
+    """Older ids of the very file this runtime loads (same sha256): the same space under another name."""
+    if rec is None:
+        return {}
+    return {
+        f"{name}/{old}": f"the same file (sha256 {rec['sha256'][:12]}...) under its pre-0.2 name"
+        for old, facts in legacy.items()
+        if facts.get("sha256") == rec["sha256"]
+    }
