@@ -208,12 +208,17 @@ def check_gallery_variant(engine: EngineConfig, gallery: GalleryConfig) -> Check
         )
         parts.append(f"{o.faces} face(s) of {o.model_id} ({o.thumbnails} with thumbnails: {how})")
     refused = any(p.endswith("refuses the start)") for p in parts)
+    fix = (
+        "re-enrol those people or delete their faces (face-agent gallery delete), or run the variant "
+        "that enrolled them: " + "; ".join(space.hints.get(o.model_id, "?") for o in others)
+        if refused
+        else "none needed: the next start does it (gallery.on_variant_change: refuse to stop that)"
+    )
     return Check(
         "gallery-variant",
         "FAIL" if refused else "WARN",
         f"{variant}; gallery holds {mine} face(s) of it and {'; '.join(parts)}",
-        "re-enrol those people or delete their faces (face-agent gallery delete), or run the variant "
-        "that enrolled them: " + "; ".join(space.hints.get(o.model_id, "?") for o in others),
+        fix,
     )
 
 
@@ -618,7 +623,10 @@ def resolve_targets(
         broker=broker,
         hub=hub_address(cfg.hub_url) if cfg.hub_url else None,
         camera_devices=devices,
-        gallery=agent_cfg.gallery,
+        # --state-dir moves the gallery with it, as it does for `run` (unless the config names a path).
+        gallery=agent_cfg.gallery
+        if state_dir is None or agent_cfg.gallery.path != agent_cfg.state_dir / "gallery"
+        else agent_cfg.gallery.model_copy(update={"path": state_dir / "gallery"}),
     )
     return targets, config_check
 

@@ -365,3 +365,10 @@ def test_gallery_variant_check_says_which_space_and_what_start_will_do(tmp_path)
     fail = check_gallery_variant(engine, cfg)
     assert fail.status == "FAIL" and "refuses the start" in fail.message
     assert "no file of this agent" in fail.fix
+
+
+def test_state_dir_flag_moves_the_gallery_it_checks(tmp_path) -> None:
+    from agent.doctor import DoctorConfig, resolve_targets
+
+    targets, _ = resolve_targets(None, {}, DoctorConfig(), state_dir=tmp_path / "st")
+    assert targets.gallery is not None and targets.gallery.path == tmp_path / "st" / "gallery"
