@@ -38,10 +38,9 @@ sys.path.insert(0, str(ROOT))
 from agent.config import DetectorConfig, ImageLimits, OnnxRuntimeConfig, OpenVINORuntimeConfig  # noqa: E402
 from agent.datadir import shared_data_dir  # noqa: E402
 from agent.imageio import decode_bytes  # noqa: E402
-from agent.inference.blob import blob_params  # noqa: E402
-from agent.inference.detector import BlazeFaceDetector, letterbox, ssd_anchors, weighted_nms  # noqa: E402
-from agent.inference.manifest import Manifest, ModelInfo  # noqa: E402
-from agent.inference.runtime import Session, open_session  # noqa: E402
+from agent.inference.detector import BlazeFaceDetector, letterbox, weighted_nms  # noqa: E402
+from agent.inference.manifest import Manifest  # noqa: E402
+from agent.inference.runtime import open_session  # noqa: E402
 from agent.inference.runtime.cpu import cpu_info  # noqa: E402
 from agent.types import Face  # noqa: E402
 
@@ -103,24 +102,10 @@ def reference_weighted_nms(
     return out
 
 
-class ReferenceDetector:
+class ReferenceDetector(BlazeFaceDetector):
     """BlazeFace post-processing as it was: every anchor's sigmoid in float64, then decoding of the
-    candidates one column at a time, NMS with set operations, one face at a time to image pixels."""
-
-    def __init__(self, info: ModelInfo, session: Session, config: DetectorConfig) -> None:
-        dec = info.facts["decoder"]
-        self._session, self._config = session, config
-        self.size = int(info.input["size"][0])
-        mean, scale = np.array(info.input["mean"], np.float32), np.array(info.input["scale"], np.float32)
-        self._blob = blob_params(mean, scale)
-        self._coord_scale = float(dec["coordinate_scale"])
-        self._clip = float(dec["score_clip"])
-        self._num_kp = int(dec["num_keypoints"])
-        self._anchors = ssd_anchors(
-            self.size, dec["strides"], dec["anchor_offset"], dec["interpolated_scale_aspect_ratio"]
-        )
-        self._out_boxes, self._out_scores = info.output["boxes"], info.output["scores"]
-        assert self._blob is not None and info.input["layout"] == "NCHW"
+    candidates one column at a time, NMS with set operations, one face at a time to image pixels. Set-up,
+    letterbox and mapping to pixels are the detector's own (they did not change)."""
 
     def blob(self, canvas: np.ndarray) -> np.ndarray:
         mean, scale = self._blob
@@ -140,10 +125,6 @@ class ReferenceDetector:
         kps = r[:, 4:].reshape(-1, self._num_kp, 2) + anchors[:, None, :]
         box = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         return np.concatenate([box, kps.reshape(len(r), -1)], axis=1), scores[keep]
-
-    # Mapping to image pixels did not change: the reference shares the detector's (it needs only size and
-    # config).
-    to_faces = BlazeFaceDetector.to_faces
 
     def detect(self, bgr: np.ndarray, score_threshold: float | None = None) -> list[Face]:
         canvas, lb = letterbox(bgr, self.size)
