@@ -156,6 +156,9 @@ def test_system_codes_for_auth_routing_and_limits(run, data_dir):
     img = read(data_dir, OBAMA)
     bad = {**jd_auth(), "sign": "0" * 32}
     assert compare(run, img, img, bad).json()["code"] == "10001"
+    for text in ("张三", "0" * 31 + "😀"):  # non-ASCII: the family's authentication error, not a 500
+        reply = compare(run, img, img, {**jd_auth(), "sign": text})
+        assert (reply.status, reply.json()["code"]) == (401, "10001"), reply.body[:200]
     assert (
         compare(run, img, img, {k: v for k, v in jd_auth().items() if k != "sign"}).json()["code"] == "10002"
     )

@@ -220,6 +220,10 @@ def test_malformed_headers_and_unsigned_host(run, data_dir):
     ):
         status, code, msg = refusal(send(run, "/jdai/faceCompareV1", body, {**good, "Authorization": bad}))
         assert (status, code) == (401, "10001") and "malformed JDCLOUD Authorization" in msg, (bad, msg)
+    for text in ("张三", "😀"):  # non-ASCII, sent as UTF-8 bytes: the family's auth error, not a 500
+        bad = good["Authorization"].replace("Signature=", "Signature=" + text).encode()
+        status, code, msg = refusal(send(run, "/jdai/faceCompareV1", body, {**good, "Authorization": bad}))
+        assert (status, code) == (401, "10001"), msg
     other_scheme = send(run, "/jdai/faceCompareV1", body, {**good, "Authorization": "Bearer abc"})
     assert refusal(other_scheme)[:2] == (401, "10001")
 

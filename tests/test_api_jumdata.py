@@ -100,6 +100,7 @@ def test_codes(run, data_dir):
         ({**jumdata_auth(), "url": "http://example.com/x.jpg"}, 400),
         ({**jumdata_auth(), "base64": "%%%"}, 400),
         ({**jumdata_auth(), "sign": "0" * 64, "base64": img}, 400),
+        ({**jumdata_auth(), "sign": "张三😀", "base64": img}, 400),  # non-ASCII: refused, not a 500
         ({**jumdata_auth(ts_ms=1_000), "base64": img}, 400),
         ({"appId": "test-key", "base64": img}, 400),
         ({**jumdata_auth(key="nobody-key"), "base64": img}, 201),

@@ -14,10 +14,12 @@ from test_api_support import (
     DISABLED_KEY,
     DOGS,
     JD_ONLY_KEY,
+    KEY,
     NATIVE_ONLY_KEY,
     OBAMA,
     OBAMA2,
     OBAMA_AND_BIDEN,
+    SECRET,
     HeldEngine,
     b64,
     call,
@@ -163,6 +165,11 @@ def test_authentication(run, door):
     path = "/api/v1/groups"
     assert call(run, "GET", path).json()["error"]["code"] == "auth_missing"  # loopback, but not configured
     assert native(run, "GET", path, secret="wrong-secret-99").json()["error"]["code"] == "auth_failed"
+    good = native_header(KEY, SECRET, "GET", path, b"", uuid.uuid4().hex, None)
+    for text in ("张三", "😀" * 8):  # non-ASCII in the header (sent as UTF-8 bytes): refused, not a 500
+        header = good.rsplit("sig=", 1)[0] + "sig=" + text
+        r = call(run, "GET", path, headers={"Authorization": header.encode()})
+        assert (r.status, r.json()["error"]["code"]) == (401, "auth_failed"), r.body[:200]
     assert native(run, "GET", path, key="nobody-key").json()["error"]["code"] == "auth_unknown_key"
     stale = int(time.time() * 1000) - 301_000
     r = native(run, "GET", path, ts_ms=stale)

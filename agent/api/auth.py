@@ -114,7 +114,7 @@ class Authenticator:
                 "api_key" if not key else "api_secret",
             )
         expected = self._secret(key, "faceplusplus")
-        if not hmac.compare_digest(expected.encode(), secret.encode()):
+        if not digest_equal(expected, secret):
             raise ApiError("auth_failed", "api_key and api_secret do not match")
         return Identity(key, "faceplusplus")
 
@@ -135,7 +135,7 @@ class Authenticator:
             expected = hashlib.md5((secret + timestamp).encode()).hexdigest()
         else:
             expected = hashlib.sha256((key + secret + timestamp).encode()).hexdigest()
-        if not hmac.compare_digest(expected, sign.lower()):
+        if not digest_equal(expected, sign.lower()):
             raise ApiError("auth_failed", "sign does not match")
         self._replays.check_and_add(f"{family}:{key}:{expected}")
         return Identity(key, family)
@@ -175,10 +175,16 @@ class Authenticator:
         secret = self._secret(key, "native")
         self._fresh(ts)
         expected = native_signature(secret, req.method, raw_target(req), ts, nonce, req.body)
-        if not hmac.compare_digest(expected, sig.lower()):
+        if not digest_equal(expected, sig.lower()):
             raise ApiError("auth_failed", "signature does not match")
         self._replays.check_and_add(f"native:{key}:{expected}")
         return Identity(key, "native")
+
+
+def digest_equal(expected: str, given: str) -> bool:
+    """Constant-time comparison of a computed digest with what the client sent, as UTF-8 bytes: on str,
+    hmac.compare_digest raises TypeError for non-ASCII text (a signature of '张三' was an HTTP 500)."""
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8", "surrogatepass"))
 
 
 def raw_target(req: Request) -> str:

@@ -156,5 +156,6 @@ def check_body_digest(auth: JdAuthorization, headers: dict[str, str], body: byte
 
 def matches(secret: str, auth: JdAuthorization, jd_date: str, candidates: list[str]) -> bool:
     # Every candidate is compared (no early exit) so timing does not reveal which form came closest.
-    results = [hmac.compare_digest(signature(secret, auth, jd_date, c), auth.signature) for c in candidates]
+    given = auth.signature.encode("utf-8", "surrogatepass")  # bytes: str must be ASCII for compare_digest
+    results = [hmac.compare_digest(signature(secret, auth, jd_date, c).encode(), given) for c in candidates]
     return any(results)
