@@ -60,7 +60,7 @@ def test_search_by_file_base64_and_token(run, data_dir):
         "faces",
     }
     # the Face++ cloud's three levels, plus 1e-6: the default model's manifest calibrates it too
-    assert body["thresholds"] == {"1e-3": 70.0, "1e-4": 80.0, "1e-5": 90.0, "1e-6": 95.0}
+    assert body["thresholds"] == {"1e-3": 70.0, "1e-4": 80.0, "1e-5": 90.0}  # exactly Face++'s three keys
     assert [x["user_id"] for x in body["results"]] == ["obama", "biden"]
     obama, biden = (x["confidence"] for x in body["results"])
     assert obama > body["thresholds"]["1e-4"] and biden < body["thresholds"]["1e-3"]  # seen: 95.5 and 63.0

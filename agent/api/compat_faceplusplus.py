@@ -61,6 +61,9 @@ def _message(code: str, param: str, req_form: dict[str, Any] | None) -> tuple[in
     return 500, "INTERNAL_ERROR"
 
 
+_FACEPP_FARS = ("1e-3", "1e-4", "1e-5")  # the keys of Face++ search v3 `thresholds`
+
+
 class FacePlusPlusApi:
     name = "faceplusplus"
     prefix = "/facepp/"
@@ -102,7 +105,9 @@ class FacePlusPlusApi:
                 return json_response(200, out)
             vector = emb
         found = self.ctx.matcher.search(group_id, vector, top_k=count)
-        out["thresholds"] = self.ctx.scores.thresholds()
+        # Face++ documents exactly three keys (1e-3, 1e-4, 1e-5); the device also calibrates 1e-6, which
+        # the native API returns but a strict Face++ client must not see.
+        out["thresholds"] = {k: v for k, v in self.ctx.scores.thresholds().items() if k in _FACEPP_FARS}
         out["results"] = [
             {"face_token": c.face_id, "confidence": round(c.score, 3), "user_id": c.outer_id} for c in found
         ]
