@@ -31,12 +31,17 @@ from agent.gates.quality import evaluate_quality, measure_quality
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 
+DEFAULT_GROUP = "default"  # recognition.group_id's default too
+
+
 class EnrollConfig(BaseModel):
     """One bulk enrolment run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    group_id: str = Field("default", min_length=1, max_length=1024, description="gallery group to enrol into")
+    group_id: str = Field(
+        DEFAULT_GROUP, min_length=1, max_length=1024, description="gallery group to enrol into"
+    )
     create_group: bool = Field(False, description="create the group when it does not exist")
     quality_level: Literal["NONE", "LOW", "NORMAL", "HIGH"] = Field(
         "NORMAL", description="quality gate level a face must pass (docs/quality.md)"
@@ -214,7 +219,11 @@ class Enroller:
         try:
             self.gallery.get_group(self.config.group_id)
         except InputError as exc:
-            if exc.code != "group_not_found" or not self.config.create_group:
+            # The default group is the one `run` matches against out of the box (and creates): enrolling
+            # into it on a fresh state dir must just work. Other groups need --create-group, so a typo in a
+            # group name is an error, not a new empty group.
+            wanted = self.config.create_group or self.config.group_id == DEFAULT_GROUP
+            if exc.code != "group_not_found" or not wanted:
                 if exc.code == "group_not_found":
                     raise InputError(f"{exc.message} (use --create-group)", code=exc.code) from exc
                 raise

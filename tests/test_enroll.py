@@ -465,3 +465,21 @@ def test_kill_9_during_bulk_enrolment_loses_no_reported_face(tmp_path, data_dir,
             assert face.outer_id == outer_id and g.get_thumbnail(face_id) is not None
             (hit, cos), *_ = g.search("bulk", face.model_id, g.get_embedding(face_id), k=1)[0]
             assert hit.face_id == face_id and cos > 0.999
+
+
+def test_enroll_on_a_fresh_state_dir_creates_the_default_group_only(tmp_path, data_dir):
+    """The quick start: `enroll DIR` into a new state dir enrols into the default group, which `run` matches
+    against; any other group still needs --create-group (a typo must not make a new empty group)."""
+    train = data_dir / "faces/face_recognition/examples/knn_examples/train"
+
+    def enroll(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "agent", "enroll", str(train), "--state-dir", str(tmp_path / "st")]
+        return subprocess.run([*cmd, *extra], capture_output=True, text=True, env=_env(), timeout=300)
+
+    other = enroll("--group", "typo-group")
+    assert other.returncode == 2 and "group_not_found" in other.stderr and "--create-group" in other.stderr
+    first = enroll()
+    assert first.returncode in (0, 1), first.stderr  # 1: some images refused, as the summary says
+    with Gallery(GalleryConfig(path=tmp_path / "st" / "gallery")) as g:
+        assert [x.group_id for x in g.list_groups()] == ["default"]
+        assert len(g.list_persons("default")) == 5
