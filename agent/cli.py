@@ -132,8 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that create or write the state dir (gallery embeddings and thumbnails, the event outbox). They run
+# with umask 077, as the systemd unit does (UMask=0077), so a quick start from a shell creates biometric state
+# 0700 / 0600 too, not 0755 / 0644 (which `doctor` then rightly FAILs).
+_WRITES_STATE = {"run", "serve", "enroll", "gallery", "erase"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in _WRITES_STATE:
+        os.umask(0o077)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -480,6 +480,12 @@ def test_enroll_on_a_fresh_state_dir_creates_the_default_group_only(tmp_path, da
     assert other.returncode == 2 and "group_not_found" in other.stderr and "--create-group" in other.stderr
     first = enroll()
     assert first.returncode in (0, 1), first.stderr  # 1: some images refused, as the summary says
+    # The state it created is the service user's only (umask 077, as under systemd): doctor agrees.
+    from agent.doctor import check_state_permissions
+
+    perms = check_state_permissions(tmp_path / "st")
+    assert perms.status == "OK", perms.message
+    assert (tmp_path / "st" / "gallery" / "gallery.sqlite3").stat().st_mode & 0o777 == 0o600
     with Gallery(GalleryConfig(path=tmp_path / "st" / "gallery")) as g:
         assert [x.group_id for x in g.list_groups()] == ["default"]
         assert len(g.list_persons("default")) == 5
