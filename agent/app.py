@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.capture import CaptureWorker, open_source
+from agent.capture.sources import check_local_source
 from agent.config import AgentConfig, load_agent_config
 from agent.errors import AgentError, ConfigError
 from agent.gallery import Gallery, Matcher, ScoreMap
@@ -77,6 +78,8 @@ class AgentApp:
 
     def start(self) -> None:
         cfg = self.cfg
+        for cam in cfg.cameras:  # a missing file or an empty folder is a config mistake: say so at once
+            check_local_source(cam)
         if cfg.metrics.enabled:
             self.health = HealthServer(
                 cfg.metrics, registry=self.registry, heartbeats=self.heartbeats, readiness=self.readiness
@@ -240,6 +243,8 @@ class AgentApp:
             return
         try:
             new = load_agent_config(self.config_path, self.environ, source=self.source)
+            for cam in new.cameras:
+                check_local_source(cam)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc.message)
             return

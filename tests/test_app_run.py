@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from agent.app import AgentApp
@@ -310,3 +311,21 @@ def test_api_beside_the_cameras_shares_engine_and_gallery(
             assert resp.status == 200
     finally:
         app.stop()
+
+
+@pytest.mark.parametrize("kind", ["missing file", "empty folder"])
+def test_a_missing_file_or_empty_folder_source_fails_at_start(tmp_path: Path, kind: str) -> None:
+    """A video file or image folder that is not there is a config mistake: exit 78 with the reason, at once,
+    instead of retrying forever (devices and streams keep retrying: they come back)."""
+    source = tmp_path / "nope.mp4"
+    if kind == "empty folder":
+        source = tmp_path / "empty"
+        source.mkdir()
+        (source / "notes.txt").write_text("not an image")
+    cmd = [sys.executable, "-m", "agent", "run", "--source", str(source)]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    proc = subprocess.run([*cmd, "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert str(source) in proc.stderr
+    assert ("does not exist" if kind == "missing file" else "no images") in proc.stderr

@@ -187,6 +187,24 @@ class ImageFolderSource:
         self._current = None
 
 
+def check_local_source(cfg: CameraConfig) -> None:
+    """At start, a video file or an image folder that is not there is a mistake in the config, not a camera
+    that may come back: raise ConfigError (exit 78) instead of retrying forever. Devices and streams do come
+    back, and so may a file or folder that vanishes after start (the worker retries those)."""
+    kind, path = cfg.resolved_kind, Path(cfg.source)
+    if kind == "file" and not path.is_file():
+        raise ConfigError(f"camera {cfg.id}: source {cfg.source} does not exist (nor is it a folder)")
+    if kind == "folder":
+        try:
+            images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+        except OSError as exc:
+            raise ConfigError(f"camera {cfg.id}: cannot list {cfg.source}: {exc.strerror or exc}") from exc
+        if not images:
+            raise ConfigError(
+                f"camera {cfg.id}: no images ({', '.join(IMAGE_SUFFIXES)}) in folder {cfg.source}"
+            )
+
+
 def open_source(cfg: CameraConfig) -> FrameSource:
     """The source object for a camera config (not yet opened)."""
     kind = cfg.resolved_kind
