@@ -144,6 +144,14 @@ class AgentApp:
         if cfg.recognition.create_group and group not in {g.group_id for g in gallery.list_groups()}:
             gallery.create_group(group_id=group)
             log.info("created gallery group %r", group)
+        if gallery.store.fingerprint(group, engine.model_id)[0] == 0:  # else every face is silently unknown
+            log.warning(
+                "nobody is enrolled in group %r for %s: every face is reported unknown; enrol people with "
+                "face-agent enroll DIR --group %s",
+                group,
+                engine.model_id,
+                group,
+            )
         return gallery, Matcher(gallery, engine.model_id, scores, cfg.gallery)
 
     def _start_api(self, cfg: AgentConfig) -> None:

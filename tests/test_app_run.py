@@ -144,6 +144,23 @@ def test_run_on_real_video_prints_json_events_and_exits_at_its_end(
     assert known[0]["payload"]["user_info"] == '{"badge": 7}' and known[0]["payload"]["far_level"] >= 4
     assert any(x["topic"].endswith("/cameras/door/unknown") for x in lines)
     assert "stopped" in proc.stderr
+    assert "nobody is enrolled" not in proc.stderr
+
+
+def test_an_empty_gallery_says_so_at_start(data_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    source = data_dir / "faces/face_recognition/examples/knn_examples/test"
+    proc = subprocess.run(
+        agent_cmd("--config", str(cfg), "--source", str(source)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nobody is enrolled in group 'default'" in proc.stderr and "face-agent enroll DIR" in proc.stderr
 
 
 def test_notify_protocol_sighup_reload_and_sigterm(
