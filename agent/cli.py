@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from agent import __version__
 from agent.datadir import shared_data_dir
 from agent.errors import AgentError, ConfigError
 
@@ -77,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="face-agent", description="Edge face recognition agent")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"face-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the camera agent (capture, recognition, events)")

@@ -346,3 +346,16 @@ def test_a_missing_file_or_empty_folder_source_fails_at_start(tmp_path: Path, ki
     assert proc.returncode == 78, proc.stderr[-2000:]
     assert str(source) in proc.stderr
     assert ("does not exist" if kind == "missing file" else "no images") in proc.stderr
+
+
+def test_version_flag() -> None:
+    from agent import __version__
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, f"face-agent {__version__}")
