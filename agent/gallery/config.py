@@ -97,7 +97,7 @@ class GalleryConfig(BaseModel):
         description="Faces enrolled under another variant of the running model (another precision or "
         "runtime file: another embedding space) at start: 'reembed' them from their thumbnails (faces "
         "without one refuse the start), or 'refuse' to start until they are re-enrolled or deleted. "
-        "Variants the model manifest measured as equal are accepted either way, and logged.",
+        "Older ids of the very same file (in the model manifest) are accepted either way, and logged.",
     )
     max_text_chars: int = Field(
         1024, ge=16, le=65_536, description="Longest group name, outerId or user_info accepted."

@@ -487,8 +487,8 @@ class GalleryStore:
         return len(checked)
 
     def relabel_space(self, old_model_id: str, new_model_id: str) -> int:
-        """Move every face of one space to another whose embeddings are the same within a measured
-        tolerance (declared in the model manifest); returns how many moved."""
+        """Move every face of one space id to another that names the same embeddings (the model manifest
+        records the very same file under the older id); returns how many moved."""
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE faces SET model_id = ? WHERE model_id = ?", (new_model_id, old_model_id)

@@ -1,5 +1,5 @@
 """One embedding space per model variant: a gallery enrolled under another variant of the running model is
-re-embedded from its thumbnails, accepted where the manifest records a measured agreement, or refused.
+re-embedded from its thumbnails, accepted where the manifest knows the file by an older id, or refused.
 
 A variant is a model, a precision and the file that computes it: `dlib-resnet-v1/int8-qdq.<sha256 prefix>`.
 Two quantizations of one network are two spaces (agent 0.1's OpenVINO and onnxruntime INT8 files of the dlib
@@ -38,7 +38,7 @@ class Space:
     """The running embedding space and what the model manifest says about the others."""
 
     model_id: str  # e.g. "dlib-resnet-v1/int8-qdq.1a2b3c4d"
-    accepts: Mapping[str, str] = field(default_factory=dict)  # other model_id -> measured agreement
+    accepts: Mapping[str, str] = field(default_factory=dict)  # other model_id -> why it is this space
     hints: Mapping[str, str] = field(default_factory=dict)  # other model_id -> how to run it instead
 
     @property

@@ -56,7 +56,7 @@ class FaceEngine:
 
     @property
     def space_accepts(self) -> dict[str, str]:
-        """Other variants' model ids the manifest measured as this one's embedding space."""
+        """Older model ids of the very file this engine runs (manifest legacy_spaces): the same space."""
         return self.embedder.info.space_accepts
 
     @property
