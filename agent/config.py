@@ -214,11 +214,14 @@ class CameraConfig(Strict):
         return source_kind(self.source) if self.kind == "auto" else self.kind
 
 
+DEFAULT_GROUP = "default"  # the group `run` matches against and `enroll` fills, unless told otherwise
+
+
 class RecognitionConfig(Strict):
     """Matching, tracking and event rules of the camera loop."""
 
     group_id: str = Field(
-        "default", min_length=1, max_length=1024, description="gallery group matched against"
+        DEFAULT_GROUP, min_length=1, max_length=1024, description="gallery group matched against"
     )
     create_group: bool = Field(True, description="create the group at start when it does not exist")
     min_score: float = Field(

@@ -174,7 +174,7 @@ def check_gallery_variant(engine: EngineConfig, gallery: GalleryConfig) -> Check
     """The embedding variant the config runs, and whether the gallery's faces are in its space (faces of
     another variant are re-embedded from thumbnails at start, or refuse it: agent/gallery/variants.py)."""
     from agent.gallery.store import DB_FILENAME, GalleryStore
-    from agent.gallery.variants import Space, foreign_variants
+    from agent.gallery.variants import Space, foreign_variants, plan
     from agent.inference.manifest import Manifest
 
     try:
@@ -188,26 +188,27 @@ def check_gallery_variant(engine: EngineConfig, gallery: GalleryConfig) -> Check
         return Check("gallery-variant", "OK", f"{variant}; no gallery yet at {gallery.path}")
     store = GalleryStore(gallery)
     try:
-        space = Space(info.model_id, info.space_accepts, info.space_hints)
-        mine = sum(n for _g, m, n, _t in store.space_counts() if m == info.model_id)
-        others = foreign_variants(store, space)
+        counts = store.space_counts()
     finally:
         store.close()
+    space = Space(info.model_id, info.space_accepts, info.space_hints)
+    mine = sum(n for _g, m, n, _t in counts if m == info.model_id)
+    others = foreign_variants(counts, space)
     if not others:
         return Check(
             "gallery-variant", "OK", f"{variant}; the gallery's {mine} face(s) of it are in its space"
         )
-    parts = []
-    for o in others:
-        how = (
-            "accepted as the same space"
-            if o.model_id in space.accepts
-            else "re-embedded at start"
-            if o.thumbnails == o.faces and gallery.on_variant_change == "reembed"
-            else "refuses the start"
-        )
-        parts.append(f"{o.faces} face(s) of {o.model_id} ({o.thumbnails} with thumbnails: {how})")
-    refused = any(p.endswith("refuses the start)") for p in parts)
+    said = {
+        "accept": "accepted as the same space",
+        "reembed": "re-embedded at start",
+        "refuse": "refuses the start",
+    }
+    plans = [plan(space, o, gallery.on_variant_change) for o in others]
+    parts = [
+        f"{o.faces} face(s) of {o.model_id} ({o.thumbnails} with thumbnails: {said[p]})"
+        for o, p in zip(others, plans, strict=True)
+    ]
+    refused = "refuse" in plans
     fix = (
         "re-enrol those people or delete their faces (face-agent gallery delete), or run the variant "
         "that enrolled them: " + "; ".join(space.hints.get(o.model_id, "?") for o in others)

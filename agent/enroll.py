@@ -24,14 +24,12 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.config import DEFAULT_GROUP
 from agent.errors import AgentError, InputError
 from agent.gallery import Gallery, NewFace
 from agent.gates.quality import evaluate_quality, measure_quality
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-
-
-DEFAULT_GROUP = "default"  # recognition.group_id's default too
 
 
 class EnrollConfig(BaseModel):

@@ -57,6 +57,9 @@ def cut_chips(args: argparse.Namespace) -> None:
 
 
 def _session(path: Path, runtime: str):
+    # Not agent.inference.runtime.open_session: importing agent.config pulls in agent.gallery and so hnswlib,
+    # which pip compiles on the build machine with -march=native (AVX-512 here), an illegal instruction on the
+    # emulated AVX2 CPU. The settings are the agent's own: explicit f32 precision, one thread.
     if runtime == "onnxruntime":
         import onnxruntime as ort
 

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from agent.api import jdcloud_sig
-from agent.api.common import ApiError, Request
+from agent.api.common import ApiError, Request, digest_equal
 from agent.api.config import ApiConfig
 
 NATIVE_SCHEME = "FA-HMAC-SHA256"
@@ -179,12 +179,6 @@ class Authenticator:
             raise ApiError("auth_failed", "signature does not match")
         self._replays.check_and_add(f"native:{key}:{expected}")
         return Identity(key, "native")
-
-
-def digest_equal(expected: str, given: str) -> bool:
-    """Constant-time comparison of a computed digest with what the client sent, as UTF-8 bytes: on str,
-    hmac.compare_digest raises TypeError for non-ASCII text (a signature of '张三' was an HTTP 500)."""
-    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8", "surrogatepass"))
 
 
 def raw_target(req: Request) -> str:

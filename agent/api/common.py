@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import io
 import json
 import threading
@@ -324,3 +325,9 @@ def classify(exc: Exception) -> tuple[str, str, str]:
     if isinstance(exc, TransientError):
         return (exc.code if exc.code in _PASSTHROUGH else "unavailable"), exc.message, ""
     return "internal", "internal error", ""
+
+
+def digest_equal(expected: str, given: str) -> bool:
+    """Constant-time comparison of a computed digest with what the client sent, as UTF-8 bytes: on str,
+    hmac.compare_digest raises TypeError for non-ASCII text (a signature of '张三' was an HTTP 500)."""
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8", "surrogatepass"))

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_plus, urlsplit
 
-from agent.api.common import ApiError
+from agent.api.common import ApiError, digest_equal
 
 _HEADER = re.compile(
     r"(?P<alg>JDCLOUD[23]-HMAC-SHA256) Credential=(?P<cred>[^,\s]+),\s*"
@@ -156,6 +156,5 @@ def check_body_digest(auth: JdAuthorization, headers: dict[str, str], body: byte
 
 def matches(secret: str, auth: JdAuthorization, jd_date: str, candidates: list[str]) -> bool:
     # Every candidate is compared (no early exit) so timing does not reveal which form came closest.
-    given = auth.signature.encode("utf-8", "surrogatepass")  # bytes: str must be ASCII for compare_digest
-    results = [hmac.compare_digest(signature(secret, auth, jd_date, c).encode(), given) for c in candidates]
+    results = [digest_equal(signature(secret, auth, jd_date, c), auth.signature) for c in candidates]
     return any(results)

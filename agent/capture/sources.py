@@ -129,6 +129,11 @@ class OpenCVSource:
             self._cap = None
 
 
+def list_images(folder: Path) -> list[Path]:
+    """The images an image-folder camera plays, in name order (raises OSError when it cannot be listed)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 class ImageFolderSource:
     """Every image of a folder in name order, each delivered `frames_per_image` times.
 
@@ -148,7 +153,7 @@ class ImageFolderSource:
     def open(self) -> None:
         folder = Path(self._cfg.source)
         try:
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = list_images(folder)
         except OSError as exc:
             raise TransientError(
                 f"camera {self.name}: cannot list {folder}: {exc}", code="source_missing"
@@ -196,7 +201,7 @@ def check_local_source(cfg: CameraConfig) -> None:
         raise ConfigError(f"camera {cfg.id}: source {cfg.source} does not exist (nor is it a folder)")
     if kind == "folder":
         try:
-            images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+            images = list_images(path)
         except OSError as exc:
             raise ConfigError(f"camera {cfg.id}: cannot list {cfg.source}: {exc.strerror or exc}") from exc
         if not images:

@@ -462,16 +462,13 @@ class GalleryStore:
         )
         return [(g, m, int(n), int(t)) for g, m, n, t in self._query(sql)]
 
-    def thumbnails_of(self, model_id: str, after_label: int = 0, limit: int = 256) -> list[tuple]:
-        """(label, face_id, format, data) of faces of `model_id` that have a thumbnail, by label, a page."""
+    def thumbnails_of(self, model_id: str, limit: int = 256) -> list[tuple]:
+        """(label, face_id, format, data) of the first `limit` faces of `model_id` that have a thumbnail."""
         sql = (
             "SELECT f.label, f.face_id, t.format, t.data FROM faces f JOIN face_thumbs t"
-            " ON t.face_id = f.face_id WHERE f.model_id = ? AND f.label > ? ORDER BY f.label LIMIT ?"
+            " ON t.face_id = f.face_id WHERE f.model_id = ? ORDER BY f.label LIMIT ?"
         )
-        return [
-            (int(lb), fid, fmt, bytes(d))
-            for lb, fid, fmt, d in self._query(sql, (model_id, after_label, limit))
-        ]
+        return [(int(lb), fid, fmt, bytes(d)) for lb, fid, fmt, d in self._query(sql, (model_id, limit))]
 
     def replace_embeddings(self, model_id: str, rows: Sequence[tuple[str, np.ndarray]]) -> int:
         """Give faces (face_id, vector) a new embedding in another space, in one transaction: face ids,

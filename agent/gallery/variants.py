@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -56,10 +56,13 @@ class Foreign:
     groups: tuple[str, ...]
 
 
-def foreign_variants(store: GalleryStore, space: Space) -> list[Foreign]:
+Counts = list[tuple[str, str, int, int]]  # GalleryStore.space_counts(): group, model id, faces, thumbnails
+
+
+def foreign_variants(counts: Counts, space: Space) -> list[Foreign]:
     """Other variants of the running model that hold faces (other models are other spaces on purpose)."""
     agg: dict[str, list] = {}
-    for group, model_id, faces, thumbs in store.space_counts():
+    for group, model_id, faces, thumbs in counts:
         if model_id == space.model_id or model_id.split("/", 1)[0] != space.model:
             continue
         entry = agg.setdefault(model_id, [0, 0, []])
@@ -69,35 +72,46 @@ def foreign_variants(store: GalleryStore, space: Space) -> list[Foreign]:
     return [Foreign(m, n, t, tuple(sorted(g))) for m, (n, t, g) in sorted(agg.items())]
 
 
-def other_models(store: GalleryStore, space: Space) -> dict[str, int]:
+def other_models(counts: Counts, space: Space) -> dict[str, int]:
     """Faces of other models entirely: kept, never searched by this engine."""
     out: dict[str, int] = {}
-    for _group, model_id, faces, _thumbs in store.space_counts():
+    for _group, model_id, faces, _thumbs in counts:
         if model_id.split("/", 1)[0] != space.model:
             out[model_id] = out.get(model_id, 0) + faces
     return out
 
 
+Plan = Literal["accept", "reembed", "refuse"]
+
+
+def plan(space: Space, other: Foreign, policy: str) -> Plan:
+    """What the start does with the faces of another variant: the one rule both the start and `doctor` use."""
+    if other.model_id in space.accepts:
+        return "accept"
+    if policy == "reembed" and other.thumbnails == other.faces:
+        return "reembed"
+    return "refuse"
+
+
 def reconcile(
-    config: GalleryConfig, space: Space, embed_thumbnails: EmbedThumbnails | None, policy: str = "reembed"
-) -> list[str]:
+    config: GalleryConfig, space: Space, embed_thumbnails: EmbedThumbnails, policy: str = "reembed"
+) -> None:
     """Bring every face of another variant of the running model into the running space, or refuse.
 
-    Returns what was done, one line per variant (also logged). Raises ConfigError naming the fix when faces
-    of another variant cannot be brought over (no thumbnail, or policy 'refuse')."""
+    Logs what was done, one line per variant. Raises ConfigError naming the fix when faces of another
+    variant cannot be brought over (no thumbnail, or policy 'refuse')."""
     store = GalleryStore(config)
     try:
-        done: list[str] = []
-        for other in foreign_variants(store, space):
-            done.append(_bring_over(store, config, space, other, embed_thumbnails, policy))
-        for model_id, faces in other_models(store, space).items():
+        counts = store.space_counts()
+        for other in foreign_variants(counts, space):
+            _bring_over(store, config, space, other, embed_thumbnails, policy)
+        for model_id, faces in other_models(counts, space).items():
             log.warning(
                 "gallery holds %d face(s) of model %s; this engine (%s) does not search them",
                 faces,
                 model_id,
                 space.model_id,
             )
-        return done
     finally:
         store.close()
 
@@ -107,25 +121,32 @@ def _bring_over(
     config: GalleryConfig,
     space: Space,
     other: Foreign,
-    embed_thumbnails: EmbedThumbnails | None,
+    embed_thumbnails: EmbedThumbnails,
     policy: str,
-) -> str:
-    if other.model_id in space.accepts:
+) -> None:
+    action = plan(space, other, policy)
+    if action == "accept":
         moved = store.relabel_space(other.model_id, space.model_id)
         _drop_index_files(config, other)
-        line = (
-            f"accepted {moved} face(s) of {other.model_id} as {space.model_id}: "
-            f"{space.accepts[other.model_id]}"
+        log.warning(
+            "gallery: accepted %d face(s) of %s as %s: %s",
+            moved,
+            other.model_id,
+            space.model_id,
+            space.accepts[other.model_id],
         )
-        log.warning("gallery: %s", line)
-        return line
-    missing = other.faces - other.thumbnails
-    if policy == "reembed" and embed_thumbnails is not None and missing == 0:
+        return
+    if action == "reembed":
         n = _reembed(store, space.model_id, other.model_id, embed_thumbnails)
         _drop_index_files(config, other)
-        line = f"re-embedded {n} face(s) of {other.model_id} from their thumbnails into {space.model_id}"
-        log.warning("gallery: %s", line)
-        return line
+        log.warning(
+            "gallery: re-embedded %d face(s) of %s from their thumbnails into %s",
+            n,
+            other.model_id,
+            space.model_id,
+        )
+        return
+    missing = other.faces - other.thumbnails
     why = (
         f"{missing} of them have no thumbnail to re-embed from"
         if missing
@@ -144,7 +165,7 @@ def _bring_over(
 def _reembed(store: GalleryStore, model_id: str, old_model_id: str, embed: EmbedThumbnails) -> int:
     total = 0
     # Each page leaves the old space, so asking again from the start always finds the next page.
-    while page := store.thumbnails_of(old_model_id, 0, _PAGE):
+    while page := store.thumbnails_of(old_model_id, _PAGE):
         try:
             vectors = embed([data for _label, _fid, _fmt, data in page])
         except InputError as exc:

@@ -104,7 +104,7 @@ class Manifest:
         files = self._files(name, variant, var["files"], runtime, verify)
         thresholds = var.get("thresholds", {}).get(runtime, {}).get("cosine_at_far", {})
         facts = {k: v for k, v in entry.items() if k not in ("variants", "legacy_spaces")}
-        rec = _record_for(var["files"], runtime)
+        rec = _record_for(var["files"], runtime)  # the record _files resolved
         space = _space(variant, rec)
         legacy = entry.get("legacy_spaces", {})
         return ModelInfo(
@@ -152,13 +152,13 @@ class Manifest:
         return path
 
     def _files(self, name: str, variant: str, recs: dict, runtime: str, verify: bool) -> ModelFiles:
+        rec = _record_for(recs, runtime)
+        if rec is None:
+            raise ModelError(f"{name}/{variant}: no file usable by {runtime} in the manifest")
         onnx = self._resolve(recs["onnx"], verify) if "onnx" in recs else None
-        if runtime == "openvino" and "openvino" in recs:
-            rec = recs["openvino"]
+        if "weights" in rec:  # an OpenVINO IR: .xml plus .bin
             xml = self._resolve(rec, verify)
             return ModelFiles(model=xml, weights=self._resolve(rec["weights"], verify), onnx=onnx)
-        if onnx is None:
-            raise ModelError(f"{name}/{variant}: no file usable by {runtime} in the manifest")
         return ModelFiles(model=onnx, onnx=onnx)
 
 
