@@ -55,6 +55,12 @@ def agent_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "agent", "run", *args]
 
 
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`face-agent ARGS` in a child process (the test's environment minus systemd's), to its end."""
+    cmd = [sys.executable, "-m", "agent", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=cwd)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "STATE_DIRECTORY")
@@ -66,27 +72,13 @@ def child_env(**extra: str) -> dict[str, str]:
 def test_malformed_config_fails_at_start_with_78(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("cameras:\n  - id: front door\n    max_fps: -3\nrecognition: {min_score: 180}\nbogus: 1\n")
-    proc = subprocess.run(
-        agent_cmd("--config", str(bad)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=tmp_path,
-    )
+    proc = run_cli("run", "--config", str(bad), cwd=tmp_path, timeout=60)
     assert proc.returncode == 78, proc.stderr
     for where in ("cameras.0.id", "cameras.0.max_fps", "recognition.min_score", "bogus"):
         assert where in proc.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("cameras: [\n")
-    proc = subprocess.run(
-        agent_cmd("--config", str(broken), "--validate-config"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=tmp_path,
-    )
+    proc = run_cli("run", "--config", str(broken), "--validate-config", cwd=tmp_path, timeout=60)
     assert proc.returncode == 78 and "not valid YAML" in proc.stderr
 
 
@@ -94,20 +86,10 @@ def test_validate_config_accepts_the_example_and_no_file() -> None:
     example = ROOT / "configs" / "example.yaml"
     cfg = load_agent_config(example, {})
     assert cfg.cameras[0].id == "front-door" and cfg.recognition.min_score == 80
-    proc = subprocess.run(
-        agent_cmd("--config", str(example), "--validate-config"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-    )
+    proc = run_cli("run", "--config", str(example), "--validate-config", timeout=60)
     assert proc.returncode == 0 and "configuration OK" in proc.stdout, proc.stderr
-    proc = subprocess.run(
-        agent_cmd("--config", str(example), "--source", "rtsp://cam.lan/1", "--validate-config"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
+    proc = run_cli(
+        "run", "--config", str(example), "--source", "rtsp://cam.lan/1", "--validate-config", timeout=60
     )
     assert proc.returncode == 0 and "1 camera(s)" in proc.stdout
     override = load_agent_config(example, {}, source="rtsp://cam.lan/1")
@@ -129,14 +111,7 @@ def test_run_on_real_video_prints_json_events_and_exits_at_its_end(
         "min_face_px": 30,
     }
     cfg = write_config(tmp_path / "agent.yaml", state, agent_thresholds, [camera])
-    proc = subprocess.run(
-        agent_cmd("--config", str(cfg)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env(),
-        cwd=tmp_path,
-    )
+    proc = run_cli("run", "--config", str(cfg), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     known = [x for x in lines if x["topic"].endswith("/cameras/door/recognized")]
@@ -151,14 +126,7 @@ def test_an_empty_gallery_says_so_at_start(data_dir: Path, tmp_path: Path) -> No
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
     source = data_dir / "faces/face_recognition/examples/knn_examples/test"
-    proc = subprocess.run(
-        agent_cmd("--config", str(cfg), "--source", str(source)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env(),
-        cwd=tmp_path,
-    )
+    proc = run_cli("run", "--config", str(cfg), "--source", str(source), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nobody is enrolled in group 'default'" in proc.stderr and "face-agent enroll DIR" in proc.stderr
 
@@ -339,10 +307,9 @@ def test_a_missing_file_or_empty_folder_source_fails_at_start(tmp_path: Path, ki
         source = tmp_path / "empty"
         source.mkdir()
         (source / "notes.txt").write_text("not an image")
-    cmd = [sys.executable, "-m", "agent", "run", "--source", str(source)]
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
-    proc = subprocess.run([*cmd, "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    proc = run_cli("run", "--source", str(source), "--config", str(cfg))
     assert proc.returncode == 78, proc.stderr[-2000:]
     assert str(source) in proc.stderr
     assert ("does not exist" if kind == "missing file" else "no images") in proc.stderr
@@ -351,11 +318,5 @@ def test_a_missing_file_or_empty_folder_source_fails_at_start(tmp_path: Path, ki
 def test_version_flag() -> None:
     from agent import __version__
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "agent", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-    )
+    proc = run_cli("--version", timeout=60)
     assert (proc.returncode, proc.stdout.strip()) == (0, f"face-agent {__version__}")
