@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import EngineConfig, OnnxRuntimeConfig, OpenVINORuntimeConfig
-from agent.doctor import (
+from agent.cli.doctor import (
     Check,
     check_cameras,
     check_clock,
@@ -33,6 +32,7 @@ from agent.doctor import (
     parse_host_port,
     render_text,
 )
+from agent.config import EngineConfig, OnnxRuntimeConfig, OpenVINORuntimeConfig
 from agent.inference.runtime import available_devices
 from agent.inference.runtime.cpu import cpu_info
 
@@ -337,8 +337,8 @@ def test_gallery_variant_check_says_which_space_and_what_start_will_do(tmp_path)
     another variant's faces will be re-embedded at start, FAIL when they would refuse it."""
     import numpy as np
 
+    from agent.cli.doctor import check_gallery_variant
     from agent.config import EngineConfig
-    from agent.doctor import check_gallery_variant
     from agent.gallery import GalleryConfig, GalleryStore, NewFace
     from agent.inference.manifest import Manifest
 
@@ -368,7 +368,7 @@ def test_gallery_variant_check_says_which_space_and_what_start_will_do(tmp_path)
 
 
 def test_state_dir_flag_moves_the_gallery_it_checks(tmp_path) -> None:
-    from agent.doctor import DoctorConfig, resolve_targets
+    from agent.cli.doctor import DoctorConfig, resolve_targets
 
     targets, _ = resolve_targets(None, {}, DoctorConfig(), state_dir=tmp_path / "st")
     assert targets.gallery is not None and targets.gallery.path == tmp_path / "st" / "gallery"

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.cli import main
+from agent.cli.gallery import check_models, delete, export_gallery, import_archive, read_archive
+from agent.cli.main import main
 from agent.enroll import EnrollConfig, Enroller, items_from_csv, items_from_folder
 from agent.errors import InputError
 from agent.gallery import Gallery, GalleryConfig, Matcher, NewFace, ScoreMap
-from agent.gallery_cli import check_models, delete, export_gallery, import_archive, read_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 LFW = "lfw-devtrain/images"
@@ -481,7 +481,7 @@ def test_enroll_on_a_fresh_state_dir_creates_the_default_group_only(tmp_path, da
     first = enroll()
     assert first.returncode in (0, 1), first.stderr  # 1: some images refused, as the summary says
     # The state it created is the service user's only (umask 077, as under systemd): doctor agrees.
-    from agent.doctor import check_state_permissions
+    from agent.cli.doctor import check_state_permissions
 
     perms = check_state_permissions(tmp_path / "st")
     assert perms.status == "OK", perms.message

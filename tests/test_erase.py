@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.erase import erase_person
+from agent.cli.erase import erase_person
 from agent.gallery import Gallery, GalleryConfig
 from agent.publish.config import AccessPolicyConfig, OutboxConfig, PublishConfig
 from agent.publish.outbox import Outbox

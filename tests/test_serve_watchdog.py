@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from agent.api.native import NativeApi
-from agent.serve import load_serve_config, run_serve
+from agent.cli.serve import load_serve_config, run_serve
 
 
 def _pings(sock: socket.socket, seconds: float) -> list[bytes]:

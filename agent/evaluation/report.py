@@ -116,7 +116,7 @@ def _bench_images(data: Path) -> list[Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from agent.bench import run_isolated
+    from agent.cli.bench import run_isolated
     from agent.inference.runtime.cpu import cpu_info
 
     images = [str(p) for p in _bench_images(args.data)]

@@ -123,12 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     b.set_defaults(func=cmd_bench)
 
-    from agent import doctor, erase  # install checks and complete erasure of one person (issue 7)
+    from agent.cli import doctor, erase  # install checks and complete erasure of one person (issue 7)
 
     doctor.add_parser(sub)
     erase.add_parser(sub)
 
-    from agent.cli_tools import add_tool_commands  # enroll, gallery, serve (issue 4); handlers import lazily
+    from agent.cli.tools import add_tool_commands  # enroll, gallery, serve (issue 4); handlers import lazily
 
     add_tool_commands(sub)
     return p

@@ -31,19 +31,19 @@ def _engine(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from agent.enroll_cli import enroll_main
+    from agent.cli.enroll import enroll_main
 
     return enroll_main(args)
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from agent.gallery_cli import gallery_main
+    from agent.cli.gallery import gallery_main
 
     return gallery_main(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from agent.serve import serve_main
+    from agent.cli.serve import serve_main
 
     return serve_main(args)
 

@@ -132,7 +132,7 @@ def bench_dlib(images: list[Path], repeats: int) -> dict:
 def run_isolated(args: list[str]) -> dict:
     """Run one configuration in a fresh interpreter so peak memory and warm caches are its own."""
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.bench", *args], capture_output=True, text=True, timeout=1800
+        [sys.executable, "-m", "agent.cli.bench", *args], capture_output=True, text=True, timeout=1800
     )
     if proc.returncode != 0:
         return {"config": " ".join(args), "error": proc.stderr.strip().splitlines()[-1:]}

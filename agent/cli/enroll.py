@@ -79,10 +79,10 @@ def summary_table(s: EnrollSummary) -> str:
 def enroll_main(args: Any) -> int:
     """`face-agent enroll SOURCE`. Exit 0 when every image was enrolled or was a duplicate, 1 when some
     were rejected (the summary says why), 2 on an error that stopped the run."""
+    from agent.cli.serve import engine_overrides, load_serve_config
     from agent.enroll import EnrollConfig, Enroller, load_items
     from agent.gallery.variants import open_gallery
     from agent.inference.engine import FaceEngine
-    from agent.serve import engine_overrides, load_serve_config
 
     cfg = load_serve_config(args.config, os.environ, {"state_dir": args.state_dir, **engine_overrides(args)})
     enroll_cfg = EnrollConfig(

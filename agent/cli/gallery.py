@@ -371,7 +371,7 @@ def delete(gallery: Gallery, group_id: str, person: str | None = None, face: str
 
 
 def gallery_main(args: Any) -> int:
-    from agent.serve import load_serve_config
+    from agent.cli.serve import load_serve_config
 
     cfg = load_serve_config(args.config, os.environ, {"state_dir": args.state_dir})
     with Gallery(cfg.gallery) as gallery:
