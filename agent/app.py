@@ -27,8 +27,8 @@ from agent.gallery.variants import open_gallery
 from agent.health import HealthServer, Readiness
 from agent.log import setup_logging
 from agent.metrics import AgentMetrics, Registry
-from agent.pipeline import RecognitionPipeline
 from agent.publish import EventSink, build_sink
+from agent.recognition.pipeline import RecognitionPipeline
 from agent.systemd import (
     Heartbeat,
     HeartbeatRegistry,

@@ -31,8 +31,8 @@ from agent.datadir import shared_data_dir  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
 from agent.inference.runtime.cpu import cpu_model  # noqa: E402
-from agent.pipeline import RecognitionPipeline  # noqa: E402
 from agent.publish import PublishConfig, StdoutSink  # noqa: E402
+from agent.recognition.pipeline import RecognitionPipeline  # noqa: E402
 
 DATA = shared_data_dir(ROOT)
 CLIPS = {

@@ -2,11 +2,11 @@
 """How long does a live person wait before the liveness gate passes them, per level?
 
 Every face track (>= 12 frames, faces >= 64 px) of the real videos in ../shared/data runs through the camera
-loop's liveness accumulator (TrackLiveness with the face mesh's blink cue, as agent/tracking.py runs it), from
-the track's first frame; the time of the first report that passes each level is the wait. People in these
-videos were not asked to do anything: they sing, talk and walk. A track that never passes is listed with its
-length. Per-window BPCER (scripts/liveness_eval.py) answers "is a 0.7 s window refused"; this answers "how
-long until the door could open".
+loop's liveness accumulator (TrackLiveness with the face mesh's blink cue, as agent/recognition/tracking.py
+runs it), from the track's first frame; the time of the first report that passes each level is the wait.
+People in these videos were not asked to do anything: they sing, talk and walk. A track that never passes is
+listed with its length. Per-window BPCER (scripts/liveness_eval.py) answers "is a 0.7 s window refused"; this
+answers "how long until the door could open".
 
     FACE_AGENT_DATA=../shared/data .venv/bin/python scripts/liveness_wait.py
 """

@@ -11,7 +11,7 @@ from agent.config import RecognitionConfig
 from agent.gates.blink import BlinkConfig, BlinkDetector
 from agent.gates.liveness import LIVENESS_LEVELS, LivenessReport, evaluate_liveness
 from agent.gates.mesh import open_face_mesh
-from agent.tracking import FaceTracker, Observation, TrackerSettings
+from agent.recognition.tracking import FaceTracker, Observation, TrackerSettings
 
 LFW = "lfw-devtrain/images"
 # Looked at one by one: eyes open, and eyes squeezed shut (Henman grimacing, Springsteen and Young laughing).

@@ -22,9 +22,9 @@ from agent.config import AgentConfig, RecognitionConfig, parse_model
 from agent.errors import ConfigError
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap
 from agent.gates.challenge import ChallengeConfig
-from agent.pipeline import RecognitionPipeline
 from agent.publish.mqtt import MqttPublisher
-from agent.tracking import FaceTracker, Observation, TrackerSettings
+from agent.recognition.pipeline import RecognitionPipeline
+from agent.recognition.tracking import FaceTracker, Observation, TrackerSettings
 
 
 @pytest.fixture(scope="module")

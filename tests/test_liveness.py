@@ -19,7 +19,7 @@ from agent.gates.liveness import (
     passive_liveness,
 )
 from agent.gates.pose import FACE_MODEL_3D
-from agent.track_challenge import TrackChallenges
+from agent.recognition.challenge import TrackChallenges
 from agent.types import Box, Face
 
 

@@ -18,8 +18,8 @@ import pytest
 from agent.capture import CaptureWorker, open_source
 from agent.config import CameraConfig, RecognitionConfig
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap
-from agent.pipeline import RecognitionPipeline, far_level
 from agent.publish import PublishConfig, StdoutSink
+from agent.recognition.pipeline import RecognitionPipeline, far_level
 
 FR = "faces/face_recognition/examples"
 HAMILTON = f"{FR}/short_hamilton_clip.mp4"

@@ -16,10 +16,10 @@ from agent.config import CameraConfig, RecognitionConfig
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap
 from agent.gates.liveness import REASONS
 from agent.metrics import AgentMetrics, Registry
-from agent.pipeline import RecognitionPipeline
 from agent.publish import PublishConfig, StdoutSink
 from agent.publish.config import AccessPolicyConfig
-from agent.tracking import FaceTracker, Observation, TrackerSettings
+from agent.recognition.pipeline import RecognitionPipeline
+from agent.recognition.tracking import FaceTracker, Observation, TrackerSettings
 
 
 @pytest.fixture(scope="module")

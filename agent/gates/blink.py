@@ -6,8 +6,9 @@ or a screen showing a still photo never does that, whatever it is moved through;
 few seconds. The baseline is the track's own (a running median of its recent open-eye samples) because
 openness differs between people and rises when the head turns (the eye's width is foreshortened).
 
-Pure: no model, no I/O. The face mesh that measures openness is run by the caller (agent/tracking.py), only
-when `BlinkConfig` says a sample is wanted, so its cost is bounded here too.
+Pure: no model, no I/O. The face mesh that measures openness is run by the caller
+(agent/recognition/tracking.py), only when `BlinkConfig` says a sample is wanted, so its cost is bounded here
+too.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 `Challenge` is pure (no model, no I/O): fed the face of one track frame by frame, it decides whether the
 requested movement happened. `with_challenge` puts its outcome into a `LivenessReport`, which
 `evaluate_liveness` then reads (`require_challenge` -> `challenge_failed`). The camera loop's wiring (one
-challenge per track, published for a kiosk screen) is in agent/tracking.py; docs/liveness.md has the rules.
+challenge per track, published for a kiosk screen) is in agent/recognition/tracking.py; docs/liveness.md has
+the rules.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ With a blink cue (`TrackerSettings.blink` and an `eyes` function, i.e. the face 
 eye openness on the frames the track's liveness asks for, and only while the track has not yet passed the
 camera's level or the level requires a blink: the mesh costs about 2 ms per face.
 With an active challenge (`TrackerSettings.challenge`, HIGH only), a known track gets one head-movement
-request whose outcome joins its liveness report (agent/track_challenge.py); `pop_challenges` hands the
+request whose outcome joins its liveness report (agent/recognition/challenge.py); `pop_challenges` hands the
 issued / decided notices to the pipeline, which publishes them for the kiosk screen.
 
 The clock is the frame's media time for files read faster than real time (results do not depend on
@@ -55,7 +55,13 @@ from agent.gates.liveness import (
     TrackLiveness,
     evaluate_liveness,
 )
-from agent.track_challenge import ActiveChallenge, ChallengeNotice, Chooser, TrackChallenges, challenge_levels
+from agent.recognition.challenge import (
+    ActiveChallenge,
+    ChallengeNotice,
+    Chooser,
+    TrackChallenges,
+    challenge_levels,
+)
 from agent.types import Box, Face
 
 log = logging.getLogger(__name__)
@@ -441,7 +447,7 @@ class FaceTracker:
         return self._event(track, True, cand, clock, upgrade=upgrade)
 
     def _issue_challenge(self, track: Track, cand: Candidate, clock: float) -> None:
-        """The challenge of a track just decided known (see agent/track_challenge.py for why then)."""
+        """The challenge of a track just decided known (see agent/recognition/challenge.py for why then)."""
         if self._challenges is None or track.challenge is not None or track.live_reported:
             return
         track.challenge = self._challenges.issue(track.id, clock, cand.outer_id)

@@ -1,10 +1,11 @@
 """The recognition loop: frames of every camera -> detect -> quality gate -> embed -> match -> track -> event.
 
-Liveness runs inside the tracker (one `TrackLiveness` per track, see agent/tracking.py) at the camera's
+Liveness runs inside the tracker (one `TrackLiveness` per track, see agent/recognition/tracking.py) at the
+camera's
 `liveness_level` (`CameraConfig.liveness_level`, else `RecognitionConfig.liveness_level`); its state travels
 in every event and each published event is counted in `face_agent_liveness_total{camera,result}`. A camera
 with `liveness_challenge` (HIGH only) also publishes its tracks' challenges for the kiosk screen
-(agent/track_challenge.py), through the same dispatcher and in order with the events.
+(agent/recognition/challenge.py), through the same dispatcher and in order with the events.
 
 Recognition threads (`RecognitionConfig.workers`) share one FaceEngine and one gallery Matcher; each owns a
 fixed subset of the cameras, so one camera's frames are always processed in order by one tracker. Events go
@@ -25,15 +26,15 @@ import numpy as np
 
 from agent.capture.worker import CaptureWorker, Frame
 from agent.config import RecognitionConfig
-from agent.dispatch import EventDispatcher, LatencyLog
 from agent.errors import AgentError, ConfigError, TransientError
 from agent.gallery.matcher import FAR_SCORES, Candidate, Matcher, ScoreMap
 from agent.gates.mesh import open_face_mesh
 from agent.publish.challenge import ChallengeMessage
 from agent.publish.payloads import RecognitionEvent
 from agent.publish.sink import EventSink
-from agent.track_challenge import ChallengeNotice, Chooser
-from agent.tracking import (
+from agent.recognition.challenge import ChallengeNotice, Chooser
+from agent.recognition.dispatch import EventDispatcher, LatencyLog
+from agent.recognition.tracking import (
     EyeMeter,
     FaceTracker,
     LivenessState,

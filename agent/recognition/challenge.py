@@ -1,6 +1,7 @@
 """The active challenge in the camera loop: one `Challenge` per track, its notices for the kiosk screen.
 
-Owned by one `FaceTracker` (agent/tracking.py) on a camera with `cameras[].liveness_challenge` (HIGH only).
+Owned by one `FaceTracker` (agent/recognition/tracking.py) on a camera with `cameras[].liveness_challenge`
+(HIGH only).
 When a track is decided known and its liveness has not yet been reported as passed, it gets one challenge:
 that is the moment a kiosk greets the person, so the instruction appears with the greeting. Every later frame
 of the track feeds it; its outcome goes into the track's liveness report (`with_challenge`) before the
