@@ -24,12 +24,10 @@ from agent.config import AgentConfig, load_agent_config
 from agent.errors import AgentError, ConfigError
 from agent.gallery import Gallery, Matcher, ScoreMap
 from agent.gallery.variants import open_gallery
-from agent.health import HealthServer, Readiness
-from agent.log import setup_logging
-from agent.metrics import AgentMetrics, Registry
-from agent.publish import EventSink, build_sink
-from agent.recognition.pipeline import RecognitionPipeline
-from agent.systemd import (
+from agent.ops.health import HealthServer, Readiness
+from agent.ops.log import setup_logging
+from agent.ops.metrics import AgentMetrics, Registry
+from agent.ops.systemd import (
     Heartbeat,
     HeartbeatRegistry,
     Notifier,
@@ -37,6 +35,8 @@ from agent.systemd import (
     WatchdogPinger,
     watchdog_interval,
 )
+from agent.publish import EventSink, build_sink
+from agent.recognition.pipeline import RecognitionPipeline
 
 log = logging.getLogger("agent.app")
 

@@ -18,8 +18,8 @@ from agent.errors import ConfigError
 from agent.gallery.config import GalleryConfig
 from agent.gates.blink import BlinkConfig
 from agent.gates.challenge import ChallengeConfig
-from agent.log import LogConfig
-from agent.metrics_config import MetricsConfig
+from agent.ops.log import LogConfig
+from agent.ops.metrics_config import MetricsConfig
 from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from agent.log import LogConfig, StateLog, setup_logging, stream_is_journal, syslog_priority
+from agent.ops.log import LogConfig, StateLog, setup_logging, stream_is_journal, syslog_priority
 
 
 def _journal_env(path: Path) -> dict[str, str]:

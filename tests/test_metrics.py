@@ -18,10 +18,10 @@ import pydantic
 import pytest
 
 from agent.errors import FatalError
-from agent.health import HealthServer, Readiness
-from agent.metrics import CONTENT_TYPE, AgentMetrics, Registry
-from agent.metrics_config import MetricsConfig
-from agent.systemd import HeartbeatRegistry
+from agent.ops.health import HealthServer, Readiness
+from agent.ops.metrics import CONTENT_TYPE, AgentMetrics, Registry
+from agent.ops.metrics_config import MetricsConfig
+from agent.ops.systemd import HeartbeatRegistry
 
 # --- a small parser written from the text format rules ---------------------------------------------------
 

@@ -15,7 +15,7 @@ from agent.capture import CaptureWorker, open_source
 from agent.config import CameraConfig, RecognitionConfig
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap
 from agent.gates.liveness import REASONS
-from agent.metrics import AgentMetrics, Registry
+from agent.ops.metrics import AgentMetrics, Registry
 from agent.publish import PublishConfig, StdoutSink
 from agent.publish.config import AccessPolicyConfig
 from agent.recognition.pipeline import RecognitionPipeline

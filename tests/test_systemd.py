@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from agent.systemd import (
+from agent.ops.systemd import (
     HeartbeatRegistry,
     Notifier,
     StatusReporter,

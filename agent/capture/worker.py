@@ -20,7 +20,7 @@ import numpy as np
 from agent.capture.sources import FrameSource, RawFrame
 from agent.config import CameraConfig
 from agent.errors import AgentError, TransientError
-from agent.log import StateLog
+from agent.ops.log import StateLog
 
 log = logging.getLogger(__name__)
 

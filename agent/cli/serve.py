@@ -24,7 +24,7 @@ from agent.api.config import ApiConfig
 from agent.config import EngineConfig, default_state_dir, parse_model, read_yaml_mapping
 from agent.errors import ConfigError, FatalError
 from agent.gallery.config import GalleryConfig
-from agent.log import LogConfig
+from agent.ops.log import LogConfig
 
 log = logging.getLogger("agent.serve")
 
@@ -91,8 +91,8 @@ def run_serve(
     on_ready: Callable[[str], None] | None = None,
 ) -> int:
     """Serve until `stop` is set. Returns the exit code; start-up failures raise (ConfigError, FatalError)."""
-    from agent.log import setup_logging
-    from agent.systemd import HeartbeatRegistry, Notifier, WatchdogPinger, watchdog_interval
+    from agent.ops.log import setup_logging
+    from agent.ops.systemd import HeartbeatRegistry, Notifier, WatchdogPinger, watchdog_interval
 
     setup_logging(cfg.log, environ)
     notifier = Notifier.from_env(environ)

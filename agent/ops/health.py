@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 
 from agent.errors import FatalError
-from agent.metrics import CONTENT_TYPE, Registry
-from agent.metrics_config import MetricsConfig
-from agent.systemd import HeartbeatRegistry
+from agent.ops.metrics import CONTENT_TYPE, Registry
+from agent.ops.metrics_config import MetricsConfig
+from agent.ops.systemd import HeartbeatRegistry
 
 READINESS_CHECKS = ("models_warmed", "gallery_loaded")
 

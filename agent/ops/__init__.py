@@ -1,0 +1,4 @@
+"""Operations: systemd notify and watchdog, the health and metrics endpoint, the metrics registry, logging.
+
+Infrastructure every layer may use; it imports only agent.errors and the standard library (and itself).
+"""
