@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from agent.api import ApiConfig, ApiServer, build_context, native_header  # noqa: E402
 from agent.config import EmbedderConfig, EngineConfig  # noqa: E402
-from agent.datadir import shared_data_dir  # noqa: E402
 from agent.errors import ModelError  # noqa: E402
+from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
 

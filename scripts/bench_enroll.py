@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config import EmbedderConfig, EngineConfig  # noqa: E402
-from agent.datadir import shared_data_dir  # noqa: E402
-from agent.enroll import EnrollConfig, Enroller, items_from_folder  # noqa: E402
+from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig  # noqa: E402
+from agent.gallery.enroll import EnrollConfig, Enroller, items_from_folder  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
 from agent.inference.runtime.cpu import cpu_model  # noqa: E402
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from liveness_eval import live_tracks  # noqa: E402
 
 from agent.config import EngineConfig, OnnxRuntimeConfig  # noqa: E402
-from agent.datadir import shared_data_dir  # noqa: E402
+from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.gates.blink import BlinkConfig, BlinkDetector  # noqa: E402
 from agent.gates.mesh import open_face_mesh  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402

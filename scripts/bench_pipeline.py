@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.capture import CaptureWorker, open_source  # noqa: E402
 from agent.config import CameraConfig, EmbedderConfig, EngineConfig, RecognitionConfig  # noqa: E402
-from agent.datadir import shared_data_dir  # noqa: E402
+from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
 from agent.inference.runtime.cpu import cpu_model  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from liveness_eval import LIVE_VIDEOS, live_tracks  # noqa: E402 - scripts/ is on sys.path when run
 
 from agent.config import EngineConfig  # noqa: E402
-from agent.datadir import shared_data_dir  # noqa: E402
+from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.gates.challenge import CHALLENGES, Challenge, ChallengeConfig  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
 

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.datadir import shared_data_dir  # noqa: E402
+from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 
 
 def cut_chips(args: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from liveness_eval import LIVE_VIDEOS, live_tracks  # noqa: E402 - scripts/ is on sys.path when run
 
 from agent.config import EngineConfig  # noqa: E402
-from agent.datadir import shared_data_dir  # noqa: E402
+from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.gates.blink import BlinkConfig  # noqa: E402
 from agent.gates.liveness import LEVELS, TrackLiveness, evaluate_liveness  # noqa: E402
 from agent.gates.mesh import open_face_mesh  # noqa: E402

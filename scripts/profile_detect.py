@@ -35,9 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.capture.imageio import decode_bytes  # noqa: E402
 from agent.config import DetectorConfig, ImageLimits, OnnxRuntimeConfig, OpenVINORuntimeConfig  # noqa: E402
-from agent.datadir import shared_data_dir  # noqa: E402
-from agent.imageio import decode_bytes  # noqa: E402
+from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.inference.detector import BlazeFaceDetector, letterbox, weighted_nms  # noqa: E402
 from agent.inference.manifest import Manifest  # noqa: E402
 from agent.inference.runtime import open_session  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.datadir import shared_data_dir
+from agent.evaluation.datadir import shared_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

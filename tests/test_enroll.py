@@ -21,9 +21,9 @@ import yaml
 
 from agent.cli.gallery import check_models, delete, export_gallery, import_archive, read_archive
 from agent.cli.main import main
-from agent.enroll import EnrollConfig, Enroller, items_from_csv, items_from_folder
 from agent.errors import InputError
 from agent.gallery import Gallery, GalleryConfig, Matcher, NewFace, ScoreMap
+from agent.gallery.enroll import EnrollConfig, Enroller, items_from_csv, items_from_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 LFW = "lfw-devtrain/images"

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.capture.imageio import decode_bytes, from_array
 from agent.config import ImageLimits
 from agent.errors import EmptyInputError, ImageDecodeError, ImageTooLargeError, ImageTooSmallError
-from agent.imageio import decode_bytes, from_array
 
 LIMITS = ImageLimits()
 

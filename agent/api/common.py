@@ -21,8 +21,8 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
+from agent.capture.imageio import decode_bytes, sniff_format
 from agent.errors import InputError, TransientError
-from agent.imageio import decode_bytes, sniff_format
 from agent.types import Image
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from agent.enroll import EnrollSummary, Outcome
+from agent.gallery.enroll import EnrollSummary, Outcome
 
 
 class Progress:
@@ -80,7 +80,7 @@ def enroll_main(args: Any) -> int:
     """`face-agent enroll SOURCE`. Exit 0 when every image was enrolled or was a duplicate, 1 when some
     were rejected (the summary says why), 2 on an error that stopped the run."""
     from agent.cli.serve import engine_overrides, load_serve_config
-    from agent.enroll import EnrollConfig, Enroller, load_items
+    from agent.gallery.enroll import EnrollConfig, Enroller, load_items
     from agent.gallery.variants import open_gallery
     from agent.inference.engine import FaceEngine
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from agent import __version__
-from agent.datadir import shared_data_dir
 from agent.errors import AgentError, ConfigError
+from agent.evaluation.datadir import shared_data_dir
 
 DEFAULT_DATA = shared_data_dir(Path.cwd())
 

@@ -9,9 +9,9 @@ import time
 import cv2
 import numpy as np
 
+from agent.capture.imageio import decode_bytes, from_array
 from agent.config import EngineConfig
 from agent.errors import InputError
-from agent.imageio import decode_bytes, from_array
 from agent.inference.detector import BlazeFaceDetector
 from agent.inference.embedder import Embedder
 from agent.inference.manifest import Manifest
