@@ -1,5 +1,8 @@
 """HTTP API: the native REST API and the cloud-compatible endpoints (JD, Face++, jumdata) on one server.
 
+Owns request parsing, auth, routing and the families' response shapes; imports gallery, gates, capture (image
+decoding) and ops, and is given the engine; never recognition, app or cli.
+
 Typical wiring::
 
     ctx = build_context(api_config, engine, gallery)       # thresholds from the model manifest

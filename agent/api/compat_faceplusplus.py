@@ -19,7 +19,7 @@ from agent.api.common import (
     get_str,
     json_response,
 )
-from agent.api.server import Route, route
+from agent.api.routes import Route, route
 from agent.api.service import ApiContext
 from agent.errors import InputError
 from agent.types import Image

@@ -26,7 +26,7 @@ from agent.api.common import (
     get_str,
     json_response,
 )
-from agent.api.server import Route, route
+from agent.api.routes import Route, route
 from agent.api.service import LEVELS, ApiContext, roll_degrees
 from agent.errors import InputError
 from agent.gallery import Candidate, assign_faces

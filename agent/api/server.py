@@ -13,79 +13,25 @@ except genuine internal errors (500, logged with the request id).
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from agent.api.auth import Authenticator
 from agent.api.common import ApiError, EngineGate, Request, Response, TokenCache, classify, json_response
+from agent.api.compat_faceplusplus import FacePlusPlusApi
+from agent.api.compat_jd import JdApi
+from agent.api.compat_jumdata import JumdataApi
 from agent.api.config import ApiConfig, load_secrets
+from agent.api.native import NativeApi
+from agent.api.routes import Family, Router
 from agent.api.service import ApiContext, QualityGate
 from agent.errors import ConfigError
 from agent.gallery import Gallery, Matcher, ScoreMap
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[Request, dict[str, str]], Response]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    pattern: re.Pattern[str]
-    handler: Handler
-    family: str
-
-
-def route(method: str, template: str, handler: Handler, family: str) -> Route:
-    """`/api/v1/groups/{group_id}` -> a regex with one named group per `{name}` (one path segment)."""
-    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
-    return Route(method, re.compile(f"^{regex}$"), handler, family)
-
-
-class Family(Protocol):
-    name: str
-    prefix: str
-
-    def routes(self) -> list[Route]: ...
-
-    def error(self, exc: Exception, req: Request) -> Response: ...
-
-
-class Router:
-    def __init__(self, families: list[Family], fallback: Family) -> None:
-        self.families = families
-        self.fallback = fallback
-        self.routes = [r for f in families for r in f.routes()]
-
-    def family_for(self, path: str) -> Family:
-        for fam in self.families:
-            if fam.prefix and path.startswith(fam.prefix):
-                return fam
-        return self.fallback
-
-    def dispatch(self, req: Request) -> Response:
-        allowed = False
-        for r in self.routes:
-            m = r.pattern.match(req.path)
-            if m is None:
-                continue
-            if r.method != req.method:
-                allowed = True
-                continue
-            try:
-                params = {k: unquote(v, errors="strict") for k, v in m.groupdict().items()}
-            except UnicodeDecodeError as exc:
-                raise ApiError("bad_argument", "path is not valid percent-encoded UTF-8") from exc
-            return r.handler(req, params)
-        if allowed:
-            raise ApiError("method_not_allowed", f"{req.method} is not allowed on {req.path}")
-        raise ApiError("not_found", f"no API at {req.path}")
 
 
 def build_context(
@@ -119,11 +65,6 @@ def build_context(
 
 
 def build_router(ctx: ApiContext) -> Router:
-    from agent.api.compat_faceplusplus import FacePlusPlusApi
-    from agent.api.compat_jd import JdApi
-    from agent.api.compat_jumdata import JumdataApi
-    from agent.api.native import NativeApi
-
     native = NativeApi(ctx)
     return Router([JdApi(ctx), FacePlusPlusApi(ctx), JumdataApi(ctx), native], native)
 

@@ -1,4 +1,7 @@
-"""Capture: frame sources behind one protocol and one capture thread per camera with a latest-frame slot."""
+"""Capture: frame sources behind one protocol and one capture thread per camera with a latest-frame slot.
+
+Owns where pixels come from (cameras, streams, files, uploaded bytes: imageio); imports only ops.
+"""
 
 from agent.capture.sources import FrameSource, ImageFolderSource, OpenCVSource, RawFrame, open_source
 from agent.capture.worker import Backoff, CaptureWorker, Frame, LatestFrameSlot, preprocess

@@ -1,11 +1,14 @@
-"""Latency benchmark: detection per 640x480 frame and embedding per face, per runtime and precision, batch
-throughput, peak memory; and the dlib face_recognition-style pipeline on the same images as the baseline.
+"""`face-agent bench` and its child process (`python -m agent.cli.bench`).
+
+Latency: detection per 640x480 frame and embedding per face, per runtime and precision, batch throughput,
+peak memory; and the dlib face_recognition-style pipeline on the same images as the baseline.
 
 Each configuration runs in its own subprocess, so its peak RSS is its own. Medians and p90 in milliseconds.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import statistics
@@ -18,6 +21,7 @@ import cv2
 import numpy as np
 
 # cpu_model moved to the runtime package; still importable from here for older scripts.
+from agent.inference.manifest import Manifest
 from agent.inference.runtime.cpu import cpu_info, cpu_model  # noqa: F401
 
 
@@ -139,10 +143,88 @@ def run_isolated(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str]) -> None:
-    import argparse
+def _bench_images(data: Path) -> list[Path]:
+    folder = data / "faces" / "face_recognition" / "examples"
+    return sorted(p for p in folder.glob("*.jpg"))[:12]
 
-    p = argparse.ArgumentParser(prog="python -m agent.bench")
+
+def run_bench(args: argparse.Namespace) -> int:
+
+    images = [str(p) for p in _bench_images(args.data)]
+    if not images:
+        print(f"no benchmark photos under {args.data}")
+        return 2
+    cpu = cpu_info()
+    # Whether INT8 beats FP32 depends on the CPU's 8-bit dot-product instructions: say which CPU this is.
+    print(f"CPU: {cpu.describe()}", flush=True)
+    manifest = Manifest()
+    rows = []
+    t0 = time.time()
+    for model in args.models or manifest.names("embedder"):
+        for precision in args.precisions:
+            if precision not in manifest.variants(model):
+                continue
+            for runtime in args.runtimes:
+                for det in args.detectors:
+                    res = run_isolated(
+                        [
+                            "engine",
+                            "--runtime",
+                            runtime,
+                            "--model",
+                            model,
+                            "--precision",
+                            precision,
+                            "--detector",
+                            det,
+                            "--repeats",
+                            str(args.repeats),
+                            "--threads",
+                            str(args.threads),
+                            *images,
+                        ]
+                    )
+                    rows.append(res)
+                    print(json.dumps(res), flush=True)
+    if not args.no_dlib:
+        res = run_isolated(["dlib", "--repeats", str(args.repeats), *images])
+        rows.append(res)
+        print(json.dumps(res), flush=True)
+    for row in rows:  # a failed configuration's row says which machine it failed on too
+        row.setdefault("cpu", cpu.as_dict())
+    print(_bench_table(rows))
+    print(f"({len(images)} photos letterboxed to 640x480, {time.time() - t0:.0f}s, CPU: {cpu.describe()})")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _bench_table(rows: list[dict]) -> str:
+    dlib = next(
+        (r for r in rows if r.get("config", "").startswith("dlib baseline") and "error" not in r), None
+    )
+    base = dlib["faces_per_s_single"] if dlib and dlib.get("faces_per_s_single") else None
+    lines = [
+        "| configuration | detect 640x480 median / p90 ms | embed 1 face median / p90 ms | faces/s batch 8 "
+        "| x dlib faces/s | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | error: {r['error']} | | | | |")
+            continue
+        d, e = r["detect_640x480"], r.get("embed_1_face") or {}
+        fps = r.get("batch8_faces_per_s") or r.get("faces_per_s_single")
+        ratio = f"{fps / base:.1f}x" if base and fps else "-"
+        lines.append(
+            f"| {r['config']} | {d['median_ms']} / {d['p90_ms']} | {e.get('median_ms')} / "
+            f"{e.get('p90_ms')} | {fps} | {ratio} | {r['peak_rss_mb']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m agent.cli.bench")
     p.add_argument("kind", choices=["engine", "dlib"])
     p.add_argument("--runtime", default="openvino")
     p.add_argument("--model", default="dlib-resnet-v1")

@@ -55,7 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from agent.evaluation.report import run_bench
+    from agent.cli.bench import run_bench
 
     return run_bench(args)
 

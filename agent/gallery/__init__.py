@@ -1,5 +1,8 @@
 """Local face gallery: SQLite store of groups, persons and faces, hnswlib search, calibrated matching.
 
+Owns the persons, their embeddings and enrolment; imports gates (enrolment quality), inference and ops;
+never publish, recognition or api.
+
 Typical wiring::
 
     gallery = open_gallery(GalleryConfig(path=state_dir / "gallery"), engine)  # agent/gallery/variants.py

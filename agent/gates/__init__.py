@@ -1,4 +1,7 @@
-"""Gates between detection and recognition: quality (this package's `quality` module) and liveness."""
+"""Gates between detection and recognition: quality (this package's `quality` module) and liveness.
+
+Owns the (score, reasons) verdicts on one face or track; imports inference (pose, face mesh) and ops only.
+"""
 
 from agent.gates.pose import FACE_MODEL_3D, Pose, estimate_pose
 from agent.gates.quality import (

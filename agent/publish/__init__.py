@@ -1,5 +1,8 @@
 """Publishing layer: MQTT (with a persistent outbox) or, without a broker, JSON lines on stdout or a file.
 
+Owns topics, payloads, the access policy and the outbox; imports gates (outcome names) and ops; never
+recognition, api or cli.
+
 The app calls `build_sink` once with its `PublishConfig` slice and the camera ids; everything else talks to
 the returned `EventSink`. See docs/mqtt.md for topics and payloads.
 """

@@ -7,12 +7,9 @@ denies. Every failed check is listed, so an integrator can tell a stranger from 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from agent.publish.config import LEVELS, AccessPolicyConfig
-
-if TYPE_CHECKING:  # payloads imports this module; the event is only read here
-    from agent.publish.payloads import RecognitionEvent
 
 # Stable reason codes (documented in docs/mqtt.md).
 UNKNOWN_PERSON = "unknown_person"
@@ -23,6 +20,25 @@ QUALITY_MISSING = "quality_missing"
 QUALITY_TOO_LOW = "quality_too_low"
 LIVENESS_MISSING = "liveness_missing"
 LIVENESS_TOO_LOW = "liveness_too_low"
+
+
+class Evidence(Protocol):
+    """What the policy reads of an event (payloads.RecognitionEvent has it; payloads imports this module)."""
+
+    @property
+    def is_known(self) -> bool: ...
+
+    @property
+    def group_id(self) -> str | None: ...
+
+    @property
+    def far_level(self) -> int | None: ...
+
+    @property
+    def quality_level(self) -> str | None: ...
+
+    @property
+    def liveness_level(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -39,7 +55,7 @@ def _level_reasons(actual: str | None, required: str, missing: str, too_low: str
     return [too_low] if LEVELS.index(actual) < LEVELS.index(required) else []
 
 
-def decide(event: RecognitionEvent, policy: AccessPolicyConfig) -> AccessDecision:
+def decide(event: Evidence, policy: AccessPolicyConfig) -> AccessDecision:
     """Grant only when every check of `policy` passes on the evidence carried by `event`."""
     reasons: list[str] = []
     if not event.is_known:

@@ -1,6 +1,6 @@
 """One small interface over OpenVINO and ONNX Runtime.
 
-Runtimes know tensors and devices, nothing about faces."""
+Runtimes know tensors and devices, nothing about faces; they import only the manifest and config."""
 
 from __future__ import annotations
 
