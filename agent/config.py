@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.api.config import ApiConfig
 from agent.errors import ConfigError
-from agent.gallery.config import GalleryConfig
+from agent.gallery.config import DEFAULT_GROUP, GalleryConfig
 from agent.gates.blink import BlinkConfig
 from agent.gates.challenge import ChallengeConfig
 from agent.ops.log import LogConfig
@@ -175,6 +175,13 @@ class CameraConfig(Strict):
         10.0, gt=0, le=3600, description="a live source that delivers no frame this long is reopened"
     )
     open_timeout_s: float = Field(10.0, gt=0, le=300, description="timeout of opening a stream or device")
+    cooldown_s: float | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        description="no second event for the same person on this camera within it; unset: 0 for an image "
+        "folder (each photo is its own appearance), recognition.cooldown_s for every other source",
+    )
     liveness_level: Literal["NONE", "LOW", "NORMAL", "HIGH"] | None = Field(
         None,
         description="liveness level of this camera (a door: the access policy's required_liveness); "
@@ -212,9 +219,6 @@ class CameraConfig(Strict):
     @property
     def resolved_kind(self) -> str:
         return source_kind(self.source) if self.kind == "auto" else self.kind
-
-
-DEFAULT_GROUP = "default"  # the group `run` matches against and `enroll` fills, unless told otherwise
 
 
 class RecognitionConfig(Strict):
@@ -319,7 +323,8 @@ class AgentConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _state_paths(cls, data: object) -> object:
-        # The gallery and the outbox default to the state directory: fill their paths before validation.
+        # The gallery, the outbox and the API's replay store default to the state directory: fill their paths
+        # before validation.
         if not isinstance(data, dict):
             return data
         data = dict(data)
@@ -332,6 +337,9 @@ class AgentConfig(Strict):
             outbox = publish.get("outbox") or {}
             if isinstance(outbox, dict) and "path" not in outbox:
                 data["publish"] = {**publish, "outbox": {**outbox, "path": state / "outbox.sqlite3"}}
+        api = data.get("api")
+        if isinstance(api, dict) and "replay_store" not in api:  # used signatures survive a restart
+            data["api"] = {**api, "replay_store": state / "api-replay.sqlite3"}
         return data
 
     @model_validator(mode="after")
@@ -367,12 +375,17 @@ def read_yaml_mapping(path: Path) -> dict:
 
 
 def load_agent_config(
-    path: Path | None, environ: Mapping[str, str] | None = None, source: str | None = None
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    source: str | None = None,
+    state_dir: Path | None = None,
 ) -> AgentConfig:
     """Read and validate the YAML file (None: built-in defaults). `source` replaces the cameras by one
-    camera reading that path/URL/index. Any problem is one readable ConfigError."""
+    camera reading that path/URL/index; `state_dir` replaces the file's. Any problem is one ConfigError."""
     environ = os.environ if environ is None else environ
     data = read_yaml_mapping(path) if path is not None else {}
+    if state_dir is not None:
+        data["state_dir"] = str(state_dir)
     data.setdefault("state_dir", str(default_state_dir(environ)))
     if source is not None:
         data["cameras"] = [{"id": "cam0", "source": source}]

@@ -35,7 +35,13 @@ GROUP = "测 试"  # non-ASCII and a space: the query is percent-encoded, exerci
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    r = start(tmp_path_factory.mktemp("jdcloud"))
+    tmp = tmp_path_factory.mktemp("jdcloud")
+    # A device that has already served during this boot: its replay store vouches for the time before this
+    # start, so the whole window back to 300 s ago is accepted (test_stale_date_and_replay). A first start
+    # refuses what was signed before it (agent/api/replay.py).
+    store = tmp / "api-replay.sqlite3"
+    start(tmp, replay_store=store).close()
+    r = start(tmp, replay_store=store)
     r.gallery.create_group("g-jdcloud", GROUP)
     r.gallery.create_group("g-other", "other")
     yield r
@@ -97,14 +103,14 @@ def test_sdk_signed_create_search_compare(run, data_dir):
     found = signed_post(run, search_target(), form, "application/x-www-form-urlencoded").json()
     assert found["code"] == "10000", found
     hit = json.loads(found["result"]["result"])["faceSearchResults"][0]["faceID"]
-    assert (hit["outerId"], hit["faceId"]) == ("obama", face_id) and hit["sim"] > 0.8
+    assert (hit["outerId"], hit["faceId"]) == ("obama", face_id) and hit["sim"] > 0.49
 
     same = signed_post(
         run, "/jdai/faceCompareV1", compare_body(read(data_dir, OBAMA), read(data_dir, OBAMA2))
     )
     diff = signed_post(run, "/jdai/faceCompareV1", compare_body(read(data_dir, OBAMA), read(data_dir, BIDEN)))
     assert same.json()["result"]["code"] == 0 and diff.json()["result"]["code"] == 0
-    assert float(same.json()["result"]["score"]) > 0.8 > float(diff.json()["result"]["score"])
+    assert float(same.json()["result"]["score"]) > 0.49 > float(diff.json()["result"]["score"])
 
 
 def test_jdcloud2_from_the_sdk_signer(run, data_dir, monkeypatch):
@@ -117,7 +123,7 @@ def test_jdcloud2_from_the_sdk_signer(run, data_dir, monkeypatch):
     assert headers["Authorization"].startswith("JDCLOUD2-HMAC-SHA256 ")
     assert "/jdcloud2_request, " in headers["Authorization"]
     reply = send(run, "/jdai/faceCompareV1", body, headers).json()
-    assert reply["code"] == "10000" and float(reply["result"]["score"]) > 0.8
+    assert reply["code"] == "10000" and float(reply["result"]["score"]) > 0.49
 
     form = urlencode({"imageBase64": b64(read(data_dir, OBAMA2))})
     assert (

@@ -113,3 +113,17 @@ def test_truncated_jpeg_body_is_refused_or_decoded_never_crashes(photo):
         except ImageDecodeError:
             continue
         assert img.pixels.shape == photo.shape  # libjpeg pads a truncated scan with grey
+
+
+def test_header_size_reads_any_size_without_decoding():
+    """Pillow's Image.open refuses more than about 179 Mpixel outright; the header must still give the size,
+    so the limit that refuses is ours and its message names the size."""
+    from agent.capture.imageio import header_size
+
+    assert header_size(_png_header_only(20000, 20000)) == (20000, 20000)
+    with pytest.raises(ImageTooLargeError, match="20000x20000"):
+        decode_bytes(_png_header_only(20000, 20000), ImageLimits(max_pixels=400_000_000 - 1))
+    with pytest.raises(ImageDecodeError):
+        header_size(b"GIF89a" + bytes(100))
+    with pytest.raises(ImageDecodeError):
+        header_size(b"\x89PNG\r\n\x1a\n" + bytes(30))  # PNG magic, no IHDR

@@ -9,7 +9,9 @@
 
 Signed timestamps must be within `signature_max_age_s` of now; a signature seen before inside that window
 is a replay and refused (JD and jumdata signatures cover only the timestamp, so one request per key and
-millisecond). Requests carrying no credentials at all pass only from loopback and only if configured.
+millisecond), also after a restart: see replay.py for how the cache survives one and when requests signed
+before the start are refused instead. Requests carrying no credentials at all pass only from loopback and
+only if configured.
 """
 
 from __future__ import annotations
@@ -17,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from agent.api import jdcloud_sig
 from agent.api.common import ApiError, Request, digest_equal
 from agent.api.config import ApiConfig
+from agent.api.replay import ReplayCache
 
 NATIVE_SCHEME = "FA-HMAC-SHA256"
 
@@ -45,34 +46,15 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-class ReplayCache:
-    """Signatures seen within the validity window. Bounded: when full of live entries, new signed requests
-    are refused as busy rather than letting a replay through or growing without limit."""
-
-    def __init__(self, size: int, window_s: float) -> None:
-        self._size, self._window = size, window_s
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def check_and_add(self, signature: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            while self._seen and next(iter(self._seen.values())) < now:
-                self._seen.popitem(last=False)
-            if signature in self._seen:
-                raise ApiError("auth_replayed", "this signature was already used")
-            if len(self._seen) >= self._size:
-                raise ApiError("busy", "too many signed requests in the validity window")
-            # Keep for twice the window: a timestamp may be up to one window in the future.
-            self._seen[signature] = now + 2 * self._window
-
-
 class Authenticator:
     def __init__(self, config: ApiConfig, secrets: dict[str, str]) -> None:
         self._cfg = config
         self._secrets = secrets
         self._creds = {c.key: c for c in config.credentials}
-        self._replays = ReplayCache(config.replay_cache_size, config.signature_max_age_s)
+        self._replays = ReplayCache(config.replay_cache_size, config.signature_max_age_s, config.replay_store)
+
+    def close(self) -> None:
+        self._replays.close()
 
     def anonymous(self, req: Request, family: str) -> Identity:
         """A request that carries no credentials at all."""
@@ -94,7 +76,8 @@ class Authenticator:
             raise ApiError("auth_not_allowed", f"this key may not call the {family} API")
         return self._secrets[key]
 
-    def _fresh(self, timestamp: str) -> None:
+    def _fresh(self, timestamp: str) -> float:
+        """Epoch seconds of a millisecond timestamp within the validity window."""
         try:
             ts_ms = int(timestamp)
         except ValueError as exc:
@@ -103,6 +86,7 @@ class Authenticator:
             ) from exc
         if abs(time.time() * 1000 - ts_ms) > self._cfg.signature_max_age_s * 1000:
             raise ApiError("auth_stale", "timestamp is outside the validity window", "timestamp")
+        return ts_ms / 1000
 
     def key_secret(self, req: Request, key: str | None, secret: str | None) -> Identity:
         if not key and not secret:
@@ -130,14 +114,14 @@ class Authenticator:
                 raise ApiError("auth_missing", f"{name} is required", name)
         assert key and timestamp and sign
         secret = self._secret(key, family)
-        self._fresh(timestamp)
+        signed_at = self._fresh(timestamp)
         if family == "jd":
             expected = hashlib.md5((secret + timestamp).encode()).hexdigest()
         else:
             expected = hashlib.sha256((key + secret + timestamp).encode()).hexdigest()
         if not digest_equal(expected, sign.lower()):
             raise ApiError("auth_failed", "sign does not match")
-        self._replays.check_and_add(f"{family}:{key}:{expected}")
+        self._replays.check_and_add(f"{family}:{key}:{expected}", signed_at)
         return Identity(key, family)
 
     def jdcloud(self, req: Request) -> Identity:
@@ -147,7 +131,8 @@ class Authenticator:
         jd_date = req.headers.get(jdcloud_sig.DATE_HEADER, "").strip()
         if not jd_date:
             raise ApiError("auth_missing", f"{jdcloud_sig.DATE_HEADER} is required", jdcloud_sig.DATE_HEADER)
-        if abs(time.time() - jdcloud_sig.request_time(jd_date, auth)) > self._cfg.signature_max_age_s:
+        signed_at = jdcloud_sig.request_time(jd_date, auth)
+        if abs(time.time() - signed_at) > self._cfg.signature_max_age_s:
             raise ApiError("auth_stale", f"{jdcloud_sig.DATE_HEADER} is outside the validity window")
         # Without a signed host a signature made for another server (or vhost) would be accepted here.
         if "host" not in auth.signed_headers:
@@ -158,7 +143,7 @@ class Authenticator:
             raise ApiError("auth_failed", "signature does not match")
         # Keyed by the signature, not access key + nonce: the current SDK does not sign x-jdcloud-nonce, so
         # a replayer could change the nonce freely; any change to a signed part changes the signature.
-        self._replays.check_and_add(f"jdcloud:{auth.access_key}:{auth.signature}")
+        self._replays.check_and_add(f"jdcloud:{auth.access_key}:{auth.signature}", signed_at)
         return Identity(auth.access_key, "jd")
 
     def native(self, req: Request) -> Identity:
@@ -173,11 +158,11 @@ class Authenticator:
         if not (key and ts and nonce and sig) or len(nonce) > 64:
             raise ApiError("auth_failed", "Authorization needs key, ts, nonce (<= 64 chars) and sig")
         secret = self._secret(key, "native")
-        self._fresh(ts)
+        signed_at = self._fresh(ts)
         expected = native_signature(secret, req.method, raw_target(req), ts, nonce, req.body)
         if not digest_equal(expected, sig.lower()):
             raise ApiError("auth_failed", "signature does not match")
-        self._replays.check_and_add(f"native:{key}:{expected}")
+        self._replays.check_and_add(f"native:{key}:{expected}", signed_at)
         return Identity(key, "native")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import io
 import json
 import threading
 import time
@@ -21,8 +20,8 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from agent.capture.imageio import decode_bytes, sniff_format
-from agent.errors import InputError, TransientError
+from agent.capture.imageio import decode_bytes, header_size, sniff_format
+from agent.errors import ImageTooLargeError, ImageTooSmallError, InputError, TransientError
 from agent.types import Image
 
 T = TypeVar("T")
@@ -203,8 +202,12 @@ def b64decode(text: object, param: str, max_chars: int) -> bytes:
     return data
 
 
+# engine decode errors that are about size, not about a broken image
+_DECODE_CODES = {ImageTooLargeError.code: "image_too_large", ImageTooSmallError.code: "image_too_small"}
+
+
 def check_image(data: bytes, rules: ImageRules, param: str, decode_limits) -> Image:
-    """Vendor image rules (size in bytes, format, side bounds) and then a safe decode."""
+    """Vendor image rules (size in bytes, format, side bounds from the header) and then a safe decode."""
     if len(data) > rules.max_bytes:
         raise ApiError(
             "image_file_too_large", f"{param} is {len(data)} bytes; limit {rules.max_bytes}", param
@@ -212,7 +215,12 @@ def check_image(data: bytes, rules: ImageRules, param: str, decode_limits) -> Im
     fmt = sniff_format(data)
     if fmt is None or fmt not in rules.formats:
         raise ApiError("image_unsupported_format", f"{param}: not a {'/'.join(rules.formats)} image", param)
-    width, height = _header_size(data, param)
+    try:
+        width, height = header_size(data)
+    except ImageTooLargeError as exc:  # a WebP above Pillow's bomb bound: too large, not unreadable
+        raise ApiError("image_too_large", f"{param}: {exc.message}", param) from exc
+    except InputError as exc:
+        raise ApiError("image_unsupported_format", f"{param}: image header unreadable", param) from exc
     if min(width, height) < rules.min_side:
         raise ApiError("image_too_small", f"{param} is {width}x{height}; min side {rules.min_side}", param)
     if max(width, height) > rules.max_side:
@@ -220,17 +228,10 @@ def check_image(data: bytes, rules: ImageRules, param: str, decode_limits) -> Im
     try:
         return decode_bytes(data, decode_limits)
     except InputError as exc:
-        raise ApiError("image_unsupported_format", f"{param}: {exc.message}", param) from exc
-
-
-def _header_size(data: bytes, param: str) -> tuple[int, int]:
-    from PIL import Image as PILImage
-
-    try:
-        with PILImage.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception as exc:  # Pillow raises many types for broken headers
-        raise ApiError("image_unsupported_format", f"{param}: image header unreadable", param) from exc
+        # The engine's limits (pixel count, smallest side) can be stricter than the vendor's: the image is
+        # then too large or too small, not broken.
+        code = _DECODE_CODES.get(exc.code, "image_unsupported_format")
+        raise ApiError(code, f"{param}: {exc.message}", param) from exc
 
 
 # -- engine gate -------------------------------------------------------------------------------------------

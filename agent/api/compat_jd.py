@@ -5,13 +5,23 @@ processed), business outcome inside `result` (`status` for create/search, `code`
 faceCreate / faceSearch the inner `result` is itself a JSON string, as in JD's examples.
 JD's system-level error table is not part of the reference documents; the local values are listed in
 docs/api.md. Business codes follow the faceCompareV1 table for every endpoint, plus 20 / 21 (local).
+
+Similarities (compare `score`, search `sim`) are on JD's documented scale, not the device's 0..100 score:
+`JdScale` maps the calibrated score so that 0.49 / 0.54 / 0.58 fall exactly on the model's thresholds at
+FAR 1e-4 / 1e-5 / 1e-6, as the faceCompareV1 document says, and shown values are rounded down, so a shown
+value at or above a threshold really is. Without groupId and groupName, faceCreate / faceSearch use
+`jd_default_group`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
 
 from agent.api import jdcloud_sig
 from agent.api.common import (
@@ -28,6 +38,8 @@ from agent.api.common import (
 )
 from agent.api.routes import Route, route
 from agent.api.service import ApiContext
+from agent.errors import InputError
+from agent.gallery import FAR_SCORES
 from agent.types import Image
 
 # business code -> msg (faceCompareV1 table; 20 and 21 are local extensions for create/search)
@@ -80,12 +92,40 @@ def _num(x: float) -> str:
     return f"{x:.2f}"
 
 
+# faceCompareV1: "万分之一误识率下阈值: 0.49, 十万分之一误识率下阈值: 0.54, 百万分之一误识率下阈值：0.58"
+JD_SCORE_AT_FAR = {"1e-4": 0.49, "1e-5": 0.54, "1e-6": 0.58}
+
+
+class JdScale:
+    """The calibrated score (0..100, FAR_SCORES) on JD's similarity scale (0..1), piecewise linear through
+    (0, 0), (the score at each FAR JD names, JD's value there) and (100, 1): strictly increasing, so the
+    ranking is kept. A FAR the model's manifest does not calibrate (1e-6 for some models) gets no point,
+    so no value claims a rate nobody measured."""
+
+    def __init__(self, calibrated_fars: Iterable[str]) -> None:
+        calibrated = set(calibrated_fars)
+        fars = [far for far in JD_SCORE_AT_FAR if far in calibrated]
+        self._score = np.array([0.0] + [FAR_SCORES[far] for far in fars] + [100.0])
+        self._jd = np.array([0.0] + [JD_SCORE_AT_FAR[far] for far in fars] + [1.0])
+
+    def __call__(self, score: float) -> float:
+        return float(np.interp(score, self._score, self._jd))
+
+
+def floor_to(x: float, decimals: int) -> float:
+    """Round down, so that a shown 0.49 is never a 0.4899 rounded up past JD's threshold. The tiny nudge
+    keeps a value that is exactly on a threshold there despite binary fractions (0.58 * 100 = 57.999...)."""
+    scale = 10**decimals
+    return math.floor(x * scale + 1e-9) / scale
+
+
 class JdApi:
     name = "jd"
     prefix = "/jdai/"
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
+        self.scale = JdScale(ctx.scores.fars)
         cfg = ctx.config
         self.rules = ImageRules(FORMATS, cfg.compat_image_bytes, cfg.compat_min_side, cfg.compat_max_side)
         self.compare_rules = ImageRules(
@@ -162,23 +202,48 @@ class JdApi:
         max_chars = rules.max_bytes if rules is self.compare_rules else rules.max_bytes * 4 // 3 + 4
         return check_image(b64decode(text, name, max_chars), rules, name, self.ctx.engine.config.images)
 
-    def _group_id(self, form: dict[str, Any]) -> str:
+    def _group_id(self, form: dict[str, Any], create_default: bool = False) -> str:
+        """groupId wins over groupName. Both are optional in JD's documents: without either the configured
+        default group is used; for faceCreate it need not exist yet (`_enrol` creates it)."""
         gid, name = get_str(form, "groupId"), get_str(form, "groupName")
-        if not gid and not name:
-            raise ApiError("missing_argument", "groupId or groupName is required", "groupId")
         if gid:
             return self.ctx.gallery.get_group(group_id=gid).group_id
-        return self.ctx.gallery.get_group(group_name=name).group_id
+        if name:
+            return self.ctx.gallery.get_group(group_name=name).group_id
+        default = self.ctx.config.jd_default_group
+        if default is None:
+            raise ApiError("missing_argument", "groupId or groupName is required", "groupId")
+        try:
+            return self.ctx.gallery.get_group(group_id=default).group_id
+        except InputError as exc:
+            if exc.code != "group_not_found" or not create_default:
+                raise
+        return default
+
+    def _enrol(self, group_id: str, outer_id: str, image: Image):
+        try:
+            return self.ctx.enrol(group_id, outer_id, image)
+        except InputError as exc:
+            if exc.code != "group_not_found" or group_id != self.ctx.config.jd_default_group:
+                raise
+        # The default group is created only once a face is good enough to enrol, so a refused request
+        # stores nothing. The retry repeats the engine work, once per gallery.
+        try:
+            self.ctx.gallery.create_group(group_id=group_id)
+        except InputError as exc:  # a concurrent faceCreate created it in between
+            if exc.code != "group_exists":
+                raise
+        return self.ctx.enrol(group_id, outer_id, image)
 
     # -- endpoints ---------------------------------------------------------------------------------------
 
     def face_create(self, req: Request, p: dict[str, str]) -> Response:
         form = self._form(req)
         outer_id = get_str(form, "outerId", required=True)
-        group_id = self._group_id(form)
+        group_id = self._group_id(form, create_default=True)
         image = self._image(form, "imageBase64", self.rules)
         assert outer_id is not None
-        _, record = self.ctx.enrol(group_id, outer_id, image)
+        _, record = self._enrol(group_id, outer_id, image)
         return self._ok(req, {"faceId": record.face_id})
 
     def face_search(self, req: Request, p: dict[str, str]) -> Response:
@@ -201,7 +266,7 @@ class JdApi:
                         "faceId": best.face_id,
                         "index": index,
                         "outerId": best.outer_id,
-                        "sim": round(best.score / 100.0, 4),
+                        "sim": floor_to(self.scale(best.score), 4),
                     },
                     "height": round(b.height, 4),
                     "left": round(b.x1, 4),
@@ -226,7 +291,7 @@ class JdApi:
                     "msg": "Accept",
                     "processTimeInMs": req.elapsed_ms(),
                     "timestamp": int(time.time() * 1000),
-                    "score": _num(score / 100.0),
+                    "score": _num(floor_to(self.scale(score), 2)),
                     "faceItemsA": items_a,
                     "faceItemsB": items_b,
                 }

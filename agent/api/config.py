@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.errors import ConfigError
+from agent.gallery.config import DEFAULT_GROUP
 
 ApiFamily = Literal["native", "jd", "faceplusplus", "jumdata"]
 ALL_FAMILIES: tuple[ApiFamily, ...] = ("native", "jd", "faceplusplus", "jumdata")
@@ -64,6 +65,11 @@ class ApiConfig(_Strict):
     replay_cache_size: int = Field(
         100_000, ge=100, le=10_000_000, description="signatures remembered to refuse replays"
     )
+    replay_store: Path | None = Field(
+        None,
+        description="SQLite file keeping used signatures across restarts (`run` puts it in the state "
+        "directory); None, or after a reboot: requests signed before the server started are refused",
+    )
     max_handlers: int = Field(
         16, ge=1, le=1024, description="connections served at once; more are answered 503 at once"
     )
@@ -91,6 +97,13 @@ class ApiConfig(_Strict):
         "NONE",
         description="quality level JD compare enforces (InvalidFaceQuality / InvalidFacePosture); NONE "
         "reports posture and blur without refusing",
+    )
+    jd_default_group: str | None = Field(
+        DEFAULT_GROUP,
+        min_length=1,
+        max_length=1024,
+        description="group_id JD faceCreate / faceSearch use without groupId and groupName (faceCreate "
+        "creates it if missing); None: one of them is required",
     )
     jumdata_default_group: str | None = Field(
         None,

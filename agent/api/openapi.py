@@ -156,7 +156,7 @@ def openapi_document() -> dict[str, Any]:
         "/jdai/faceCreate": {
             "post": _compat(
                 "jd",
-                "JD faceCreate: add a face to a group",
+                "JD faceCreate: add a face to a group (no groupId/groupName: jd_default_group)",
                 _obj(
                     {"groupId": STR, "groupName": STR, "outerId": STR, "imageBase64": STR},
                     ["outerId", "imageBase64"],
@@ -174,7 +174,7 @@ def openapi_document() -> dict[str, Any]:
         "/jdai/faceSearch": {
             "post": _compat(
                 "jd",
-                "JD faceSearch: 1:N search (groupId/groupName in the query)",
+                "JD faceSearch: 1:N search (groupId/groupName in the query; neither: jd_default_group)",
                 _obj({"imageBase64": STR}, ["imageBase64"]),
                 ("application/x-www-form-urlencoded", "application/json"),
                 {
@@ -264,7 +264,8 @@ def openapi_document() -> dict[str, Any]:
             "title": "face-agent HTTP API",
             "version": "1",
             "description": "Native REST API and cloud-compatible endpoints of the edge face agent. "
-            "Scores are calibrated 0..100: 70 = FAR 1e-3, 80 = 1e-4, 90 = 1e-5.",
+            "Scores are calibrated 0..100: 70 = FAR 1e-3, 80 = 1e-4, 90 = 1e-5. JD's compare score and "
+            "search sim use JD's documented scale: 0.49 = FAR 1e-4, 0.54 = 1e-5, 0.58 = 1e-6.",
         },
         "paths": paths,
         "components": {

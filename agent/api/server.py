@@ -92,10 +92,15 @@ class _Server(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # socketserver's own version, with the slot freed before the socket closes: a client that sees the
+        # close and connects again at once must find the slot free (it raced with the release before).
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
             self._slots.release()
+            self.shutdown_request(request)
 
 
 def _refuse(sock: socket.socket) -> None:
@@ -273,6 +278,7 @@ class ApiServer:
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.ctx.auth.close()  # a handler still running gets the family's 'unavailable' answer
 
     def __enter__(self) -> ApiServer:
         return self.start()

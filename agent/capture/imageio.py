@@ -31,13 +31,35 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _header_size(data: bytes) -> tuple[int, int]:
+def _plugin(fmt: str) -> type:
+    """Pillow's reader class for a sniffed format, used directly: `Image.open` refuses anything above its
+    own decompression-bomb bound (about 179 Mpixel) before our limits are consulted, so a valid 20000x20000
+    PNG looked "unreadable" instead of "too large"."""
+    from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+
+    return {
+        "jpeg": JpegImagePlugin.JpegImageFile,
+        "png": PngImagePlugin.PngImageFile,
+        "bmp": BmpImagePlugin.BmpImageFile,
+        "webp": WebPImagePlugin.WebPImageFile,
+    }[fmt]
+
+
+def header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image header alone: no pixel is decoded and no size is refused here, so
+    each caller's own limit decides what is too large (and says so).
+
+    WebP is the exception: Pillow's WebP reader allocates the whole canvas when it opens the file, so it
+    keeps its bomb check and a WebP above about 179 Mpixel is reported too large from that check."""
     from PIL import Image as PILImage
 
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageDecodeError("not a JPEG, PNG, BMP or WebP image (unrecognised leading bytes)")
     try:
-        with PILImage.open(io.BytesIO(data)) as im:
+        with _plugin(fmt)(io.BytesIO(data)) as im:
             return im.size
-    except PILImage.DecompressionBombError as exc:  # Pillow's own bound (about 179 Mpixel) hit first
+    except PILImage.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image header claims more pixels than allowed: {exc}") from exc
     except Exception as exc:  # Pillow raises many types for broken headers
         raise ImageDecodeError(f"image header could not be read: {exc}") from exc
@@ -51,7 +73,7 @@ def decode_bytes(data: bytes, limits: ImageLimits) -> Image:
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageDecodeError("not a JPEG, PNG, BMP or WebP image (unrecognised leading bytes)")
-    width, height = _header_size(data)
+    width, height = header_size(data)
     _check_size(width, height, limits)
     # ANYDEPTH|ANYCOLOR keeps 16-bit and grayscale as they are and still applies EXIF orientation.
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)

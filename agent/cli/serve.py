@@ -47,11 +47,15 @@ class ServeConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _gallery_path(cls, data: object) -> object:
+        # The gallery and the API's replay store (used signatures survive a restart) default to the state dir.
         if isinstance(data, dict):
+            state = Path(data.get("state_dir") or "state")
             gallery = data.get("gallery") or {}
             if isinstance(gallery, dict) and "path" not in gallery:
-                state = Path(data.get("state_dir") or "state")
                 data = {**data, "gallery": {**gallery, "path": state / "gallery"}}
+            api = data.get("api") or {}
+            if isinstance(api, dict) and "replay_store" not in api:
+                data = {**data, "api": {**api, "replay_store": state / "api-replay.sqlite3"}}
         return data
 
 
@@ -91,10 +95,13 @@ def run_serve(
     on_ready: Callable[[str], None] | None = None,
 ) -> int:
     """Serve until `stop` is set. Returns the exit code; start-up failures raise (ConfigError, FatalError)."""
+    from agent.ops.lock import StateLock
     from agent.ops.log import setup_logging
     from agent.ops.systemd import HeartbeatRegistry, Notifier, WatchdogPinger, watchdog_interval
 
     setup_logging(cfg.log, environ)
+    lock = StateLock(cfg.state_dir, "serve")
+    lock.acquire()
     notifier = Notifier.from_env(environ)
     interval = watchdog_interval(environ)
     heartbeats = HeartbeatRegistry()
@@ -106,6 +113,7 @@ def run_serve(
     finally:
         if watchdog is not None:
             watchdog.stop()
+        lock.release()
     log.info("stopped")
     return 0
 
@@ -121,6 +129,12 @@ def _serve(
     from agent.gallery.variants import open_gallery
     from agent.inference.engine import FaceEngine
 
+    if not cfg.api.credentials and not cfg.api.allow_unauthenticated_loopback:
+        log.warning(
+            "no API credentials (api.credentials) and api.allow_unauthenticated_loopback is off: every "
+            "request will be refused as unauthenticated; add credentials (docs/api.md) or, for a local try, "
+            "pass --allow-unauthenticated-loopback"
+        )
     engine = FaceEngine(cfg.engine)
     gallery = open_gallery(cfg.gallery, engine)
     try:
@@ -133,7 +147,10 @@ def _serve(
         try:
             server = ApiServer(cfg.api, ctx).start()
         except OSError as exc:  # port taken, address not on this host: fatal, said plainly
-            raise FatalError(f"cannot listen on {cfg.api.host}:{cfg.api.port}: {exc}") from exc
+            raise FatalError(
+                f"cannot listen on {cfg.api.host}:{cfg.api.port}: {exc}; choose another port with --port or "
+                "api.port in the config"
+            ) from exc
         try:
             if on_ready is not None:
                 on_ready(server.url)

@@ -7,6 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The group `run` matches against, `enroll` fills and JD faceCreate / faceSearch use without a group, unless
+# told otherwise. Here, below every package that needs it (agent.config re-exports it).
+DEFAULT_GROUP = "default"
+
 
 class GalleryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
