@@ -25,6 +25,7 @@ from agent.errors import AgentError, ConfigError
 from agent.gallery import Gallery, Matcher, ScoreMap
 from agent.gallery.variants import open_gallery
 from agent.ops.health import HealthServer, Readiness
+from agent.ops.lock import StateLock
 from agent.ops.log import setup_logging
 from agent.ops.metrics import AgentMetrics, Registry
 from agent.ops.systemd import (
@@ -73,11 +74,13 @@ class AgentApp:
         self.api = None  # agent.api.server.ApiServer when cfg.api is set
         self._beats: list[Heartbeat] = []
         self._wake = threading.Event()
+        self.lock = StateLock(cfg.state_dir, "run")
 
     # -- start ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.cfg
+        self.lock.acquire()  # before anything opens the outbox or the gallery
         for cam in cfg.cameras:  # a missing file or an empty folder is a config mistake: say so at once
             check_local_source(cam)
         if cfg.metrics.enabled:
@@ -168,7 +171,9 @@ class AgentApp:
         try:
             self.api = ApiServer(api_cfg, build_context(api_cfg, self.engine, self.gallery)).start()
         except OSError as exc:
-            raise FatalError(f"cannot listen on {api_cfg.host}:{api_cfg.port}: {exc}") from exc
+            raise FatalError(
+                f"cannot listen on {api_cfg.host}:{api_cfg.port}: {exc}; set another api.port in the config"
+            ) from exc
         log.info("HTTP API on %s", self.api.url)
 
     def _publish_gallery_version(self) -> None:
@@ -292,7 +297,23 @@ class AgentApp:
             beat.close()
         self._beats = []
 
-    def stop(self) -> None:
+    def summary(self) -> str:
+        """One line for the end of a run: what was seen and where the events went."""
+        if self.pipeline is None:
+            return "summary: stopped before recognition started"
+        stats = self.pipeline.stats()
+        cams = "; ".join(
+            f"{name}: {c['processed']} frames, {c['faces']} faces, {c['known'] + c['upgrades']} recognized, "
+            f"{c['unknown']} unknown"
+            for name, c in stats["cameras"].items()
+        )
+        ev = stats["events"]
+        text = f"summary: {cams}; events {ev['published']} published, {ev['dropped']} dropped"
+        left = getattr(self.sink, "left_in_outbox", None)
+        return text + (f", {left} left in the outbox" if left is not None else "")
+
+    def stop(self, reason: str = "stop requested") -> None:
+        log.info("stopping: %s", reason)
         self.notifier.stopping()
         timeout = self.cfg.stop_timeout_s
         if self.status is not None:
@@ -310,6 +331,8 @@ class AgentApp:
             self.watchdog.stop()
         if self.health is not None:
             self.health.stop()
+        log.info(self.summary())
+        self.lock.release()
         log.info("stopped")
 
 
@@ -323,9 +346,15 @@ def run_agent(
     """Run until SIGTERM/SIGINT or until every (finite) source is done. Returns the exit code."""
     setup_logging(cfg.log, environ)
     stop, reload = threading.Event(), threading.Event()
+    received: list[str] = []
+
+    def on_stop(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
     previous = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: stop.set()),
-        signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: stop.set()),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
         signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: reload.set()),
     }
     app = AgentApp(cfg, environ, config_path=config_path, source=source)
@@ -338,6 +367,12 @@ def run_agent(
             stop.wait(0.2)
         return 0
     finally:
-        app.stop()
+        if received:
+            reason = f"{received[0]} received"
+        elif app.finished:
+            reason = "every source finished"
+        else:
+            reason = "start-up failed or an error occurred"
+        app.stop(reason)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -7,6 +7,8 @@ VENV=${FACE_AGENT_VENV:-.venv}
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+# mosquitto_sub: tests/test_first_hour.py watches events the way docs/mqtt.md tells users to.
+command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # tests/test_int8_cpus.py runs the INT8 embedder on an emulated AVX2-only CPU (no AVX-512, no VNNI).
 [ "$(uname -m)" != x86_64 ] || command -v qemu-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-user)

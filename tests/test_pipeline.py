@@ -119,9 +119,11 @@ def test_cooldown_merges_appearances_of_one_person(
     ]:
         (folder / f"{name}.jpg").symlink_to(data_dir / FR / rel)
     cam = CameraConfig(id="door", source=str(folder), realtime=False, frames_per_image=3, min_face_px=30)
-    events, stats = run(agent_engine, matcher, [cam], cooldown_s=0)
+    events, stats = run(agent_engine, matcher, [cam])  # recognition.cooldown_s 10, but a folder has none
     assert [e.get("person_id") for e in events] == ["kit", "biden", "kit"]
-    events, stats = run(agent_engine, matcher, [cam])  # default cooldown 10 s
+    assert stats["cameras"]["door"]["cooldown"] == 0
+    visits = cam.model_copy(update={"cooldown_s": 10.0})  # a folder standing in for a door camera
+    events, stats = run(agent_engine, matcher, [visits], cooldown_s=0)  # the camera's own value wins
     assert [e.get("person_id") for e in events] == ["kit", "biden"]
     assert stats["cameras"]["door"]["cooldown"] == 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def test_recognized_payload_has_every_documented_field() -> None:
         "liveness_challenge": "passed",
         "model_id": "m",
         "captured_at": "2023-11-14T22:13:20.250Z",
+        "source": None,  # a live camera; files and folders name the file and frame (tests/test_first_hour.py)
         "has_snapshot": False,
         "person_id": "p1",
         "name": "Ann",
@@ -72,6 +74,8 @@ def test_recognized_payload_has_every_documented_field() -> None:
         "far_level": 5,
     }
     assert len(payload["event_id"]) == 32
+    from_file = event_payload(replace(known(), source_file="door.mp4", source_frame=120), "dev")
+    assert from_file["source"] == {"file": "door.mp4", "frame": 120}
     stamped = json.loads(stamp(json.dumps(payload).encode(), 42, 1_700_000_001.0))
     assert stamped["seq"] == 42 and stamped["published_at"] == "2023-11-14T22:13:21.000Z"
 

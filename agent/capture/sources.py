@@ -30,6 +30,8 @@ class RawFrame:
 
     pixels: np.ndarray
     media_time: float | None = None
+    file: str | None = None  # files and folders: the file's name, carried into events
+    index: int | None = None  # its frame number in a video; for an image, which of its frames_per_image
 
 
 class FrameSource(Protocol):
@@ -115,12 +117,15 @@ class OpenCVSource:
                     raise TransientError(f"camera {self.name}: file vanished", code="source_missing")
                 return None  # end of the file
             raise TransientError(f"camera {self.name}: no frame from {self.kind}", code="source_read")
-        media_time = self._index / self._native_fps if self.kind == "file" else None
+        index = self._index
+        media_time = index / self._native_fps if self.kind == "file" else None
         self._index += 1
         if self._pace and media_time is not None:
             delay = self._t0 + media_time - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+        if self.kind == "file":
+            return RawFrame(pixels, media_time, Path(self._cfg.source).name, index)
         return RawFrame(pixels, media_time)
 
     def close(self) -> None:
@@ -186,7 +191,8 @@ class ImageFolderSource:
                 time.sleep(delay)
             self._next_at = max(self._next_at, time.monotonic() - 1.0) + 1.0 / self._cfg.folder_fps
         index = (self._pos - 1) * self._cfg.frames_per_image + self._repeat - 1
-        return RawFrame(self._current, index / self._cfg.folder_fps)
+        name = self._files[self._pos - 1].name
+        return RawFrame(self._current, index / self._cfg.folder_fps, name, self._repeat - 1)
 
     def close(self) -> None:
         self._current = None

@@ -38,6 +38,7 @@ class Frame:
     captured_mono: float  # monotonic clock, for latency measurements
     offset: tuple[int, int] = (0, 0)
     media_time: float | None = None  # position in a file read faster than real time (the tracker's clock)
+    origin: tuple[str, int] | None = None  # files and folders: (file name, frame index in it), for events
 
 
 class LatestFrameSlot:
@@ -263,7 +264,8 @@ class CaptureWorker:
         pixels, offset = preprocess(raw.pixels, self.cfg)
         self._seq += 1
         media = raw.media_time if not self.source.live else None
-        frame = Frame(self.cfg.id, self._seq, pixels, time.time(), now, offset, media)
+        origin = (raw.file, raw.index) if raw.file is not None and raw.index is not None else None
+        frame = Frame(self.cfg.id, self._seq, pixels, time.time(), now, offset, media, origin)
         self.frames += 1
         self._on_frame(self.cfg.id)
         if self.source.live:

@@ -51,6 +51,9 @@ class Progress:
         return f"[{'#' * done}{'.' * (width - done)}] {100 * s.images // total:3d}% {counts}, {rate}"
 
 
+_SHOWN_REFUSED = 50  # refused files listed in the human summary
+
+
 def summary_table(s: EnrollSummary) -> str:
     """Human-readable summary: totals, rejections by reason, per-person counts, speed."""
     lines = [
@@ -65,6 +68,14 @@ def summary_table(s: EnrollSummary) -> str:
         lines.append("rejected by reason (an image failing several quality checks counts under each):")
         for reason, n in sorted(s.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {reason:<24} {n:>7}")
+    if s.refused:
+        lines.append("")
+        lines.append("refused files:")
+        for r in s.refused[:_SHOWN_REFUSED]:
+            lines.append(f"  {r['path']}: {', '.join(r['reasons'])} ({r['detail']})")
+        more = s.rejected - min(len(s.refused), _SHOWN_REFUSED)
+        if more > 0:
+            lines.append(f"  ... and {more} more (--json-lines lists every image)")
     if s.persons:
         width = max(12, *(len(p) for p in s.persons))
         lines.append("")

@@ -17,10 +17,15 @@ DEFAULT_DATA = shared_data_dir(Path.cwd())
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", choices=["openvino", "onnxruntime"], default="openvino")
+    p.add_argument("--runtime", choices=["openvino", "onnxruntime"], default="openvino", help="runtime")
     p.add_argument("--model", default="dlib-resnet-v1", help="embedding model (models/manifest.json)")
-    p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
-    p.add_argument("--detector", choices=["blazeface-full", "blazeface-short"], default="blazeface-full")
+    p.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="embedding model variant")
+    p.add_argument(
+        "--detector",
+        choices=["blazeface-full", "blazeface-short"],
+        default="blazeface-full",
+        help="face detector: full range (faces from 2 m and further) or short range (selfie distance)",
+    )
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -64,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`face-agent run`: the camera agent. A bad config raises ConfigError: exit 78 (see main)."""
     from agent.config import load_agent_config
 
-    cfg = load_agent_config(args.config, os.environ, source=args.source)
+    cfg = load_agent_config(args.config, os.environ, source=args.source, state_dir=args.state_dir)
     if args.validate_config:
         print(f"configuration OK: {len(cfg.cameras)} camera(s), group {cfg.recognition.group_id!r}")
         return 0
@@ -85,12 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", type=Path, default=None, help="YAML config (default: built-in defaults)")
     r.add_argument("--validate-config", action="store_true", help="check the config and exit (0 ok, 78 bad)")
     r.add_argument("--source", default=None, help="one camera from a device index, path or URL (overrides)")
+    r.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="gallery and outbox folder (overrides the file's state_dir; default: $STATE_DIRECTORY, ./state)",
+    )
     r.set_defaults(func=cmd_run)
 
-    d = sub.add_parser("detect", help="detect and embed faces in image files, print JSON lines")
+    d = sub.add_parser(
+        "detect",
+        help="detect and embed faces in image files, print JSON lines",
+        description="Detect faces in each image and print one JSON line per image: the model id and, per "
+        "face, its box (x, y, w, h in pixels), detector score and six keypoints (eyes, nose, mouth, ears).",
+    )
     _add_engine_args(d)
-    d.add_argument("--max-faces", type=int, default=None)
-    d.add_argument("images", nargs="+")
+    d.add_argument("--max-faces", type=int, default=None, help="at most this many faces per image (largest)")
+    d.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, WebP)")
     d.set_defaults(func=cmd_detect)
 
     e = sub.add_parser("eval", help="pair accuracy, TAR at FAR and ROC on LFW-format data")
@@ -155,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     except AgentError as exc:
         print(f"face-agent: error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in eval, bench, enroll ...: no traceback; 130 = 128 + SIGINT
+        print("face-agent: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ the whole pipeline: raw image -> detect -> align -> embed."""
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import numpy as np
 
 from agent.inference.engine import FaceEngine
 from agent.types import Face
+
+_PROGRESS_EVERY_S = 5.0  # a progress line on stderr at most this often (a full LFW pass takes minutes)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ def embed_paths(
     out = np.full((len(paths), dim), np.nan, np.float32)
     found = np.zeros(len(paths), bool)
     batch_chips, batch_rows = [], []
+    started = last_note = time.monotonic()
     for i, path in enumerate(paths):
         img = engine.load(path.read_bytes())
         faces = engine.detector.detect(img.pixels)
@@ -76,6 +81,11 @@ def embed_paths(
         if len(batch_chips) >= 32 or (i == len(paths) - 1 and batch_chips):
             out[batch_rows] = engine.embedder.embed_chips(batch_chips)
             batch_chips, batch_rows = [], []
-        if progress and (i + 1) % 1000 == 0:
-            print(f"  {i + 1}/{len(paths)} images", flush=True)
+        now = time.monotonic()
+        if progress and (i == 0 or now - last_note >= _PROGRESS_EVERY_S or i == len(paths) - 1):
+            last_note = now
+            rate = (i + 1) / max(now - started, 1e-9)
+            left = (len(paths) - i - 1) / rate
+            note = f"  {i + 1}/{len(paths)} images, {rate:.0f}/s, {left:.0f} s left"
+            print(note, file=sys.stderr, flush=True)
     return out, found

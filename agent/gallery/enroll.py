@@ -90,6 +90,9 @@ class Outcome:
         return {"type": "image", **asdict(self), "reasons": list(self.reasons)}
 
 
+MAX_REFUSED = 1000  # refused files named in the summary; --json-lines names every one
+
+
 @dataclass
 class EnrollSummary:
     group_id: str
@@ -101,6 +104,7 @@ class EnrollSummary:
     duplicates: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # rejected images per reason (several may apply)
     persons: dict[str, dict[str, int]] = field(default_factory=dict)  # outer_id -> status -> count
+    refused: list[dict[str, Any]] = field(default_factory=list)  # first MAX_REFUSED: path, reasons, detail
     seconds: float = 0.0
 
     @property
@@ -121,8 +125,11 @@ class EnrollSummary:
             self.rejected += 1
             for reason in o.reasons:
                 self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        per = self.persons.setdefault(o.outer_id, {"enrolled": 0, "rejected": 0, "duplicate": 0})
-        per[o.status] += 1
+            if len(self.refused) < MAX_REFUSED:  # bounded: a million-image run keeps the first ones
+                self.refused.append({"path": o.path, "reasons": list(o.reasons), "detail": o.detail})
+        if o.outer_id:  # "" = no person (an image outside every person folder)
+            per = self.persons.setdefault(o.outer_id, {"enrolled": 0, "rejected": 0, "duplicate": 0})
+            per[o.status] += 1
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -136,14 +143,26 @@ class EnrollSummary:
 # -- inputs --------------------------------------------------------------------------------------------------
 
 
+# Why an item was refused before its image was read (EnrollItem.error -> the outcome's detail).
+ITEM_ERRORS = {
+    "invalid_row": "path and outer_id are required",
+    "no_person_folder": "an image outside every person folder: move it into a folder named after the person",
+}
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def items_from_folder(root: Path, limit: int = 1_000_000) -> list[EnrollItem]:
-    """root/<person>/<image>: the folder name is the outer_id; hidden entries and non-images are skipped."""
+    """root/<person>/<image>: the folder name is the outer_id; hidden entries and non-images are skipped.
+    Images directly in `root` belong to nobody: they are listed as refused, so the summary names them."""
     if not root.is_dir():
         raise InputError(f"{root} is not a folder", code="enroll_source_not_found")
-    items: list[EnrollItem] = []
+    items = [EnrollItem(p, "", None, "no_person_folder") for p in sorted(root.iterdir()) if _is_image(p)]
     for person in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in sorted(person.iterdir()):
-            if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
+            if _is_image(path):
                 items.append(EnrollItem(path, person.name))
                 if len(items) > limit:
                     raise InputError(f"{root} holds more than {limit} images", code="too_many_images")
@@ -285,7 +304,7 @@ class Enroller:
             return Outcome(str(item.path), item.outer_id, "rejected", reasons, detail)
 
         if item.error is not None:
-            return reject((item.error,), "path and outer_id are required")
+            return reject((item.error,), ITEM_ERRORS.get(item.error, item.error))
         try:
             data = self._read(item.path)
             image = self.engine.load(data)

@@ -177,7 +177,8 @@ class HealthServer:
             self._server = cls((self.config.host, self.config.port), handler, self)
         except OSError as exc:
             raise FatalError(
-                f"cannot serve metrics on {self.config.host}:{self.config.port}: {exc}",
+                f"cannot serve metrics on {self.config.host}:{self.config.port}: {exc}; set metrics.port to "
+                "a free port (another face-agent on this host needs its own) or metrics.enabled: false",
                 code="metrics_bind_failed",
             ) from exc
         started = threading.Event()

@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -134,3 +135,40 @@ class StateLog:
     def forget(self, key: str) -> None:
         with self._lock:
             self._states.pop(key, None)
+
+
+class RateLimitedLog:
+    """Logs a recurring problem at most once per `interval_s`: the first time at once, later ones with the
+    count of repeats since the last line ("... (12 more in 60 s)"). For retry loops that fail every second.
+
+    `clear()` after a success, so the next failure is logged at once again."""
+
+    def __init__(
+        self, logger: logging.Logger, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self._log = logger
+        self._interval = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def log(self, level: int, msg: str) -> bool:
+        """Log `msg` unless a line went out less than `interval_s` ago; True when it was logged."""
+        now = self._clock()
+        with self._lock:
+            if self._last is not None and now - self._last < self._interval:
+                self._suppressed += 1
+                return False
+            repeats, self._suppressed, self._last = self._suppressed, 0, now
+        suffix = f" ({repeats} more in the last {self._interval:.0f} s)" if repeats else ""
+        self._log.log(level, "%s%s", msg, suffix)
+        return True
+
+    def clear(self) -> int:
+        """Forget the last line; returns how many repeats went unlogged since it."""
+        with self._lock:
+            repeats, self._suppressed, self._last = self._suppressed, 0, None
+        return repeats

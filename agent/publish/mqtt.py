@@ -23,6 +23,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.errors import ConfigError
+from agent.ops.log import RateLimitedLog
 from agent.publish.challenge import ChallengeMessage, challenge_messages
 from agent.publish.config import MqttConfig, PublishConfig, read_password
 from agent.publish.outbox import DROP_INVALID, Outbox, OutboxRow
@@ -43,6 +44,9 @@ QOS = 1
 _TICK_S = 0.5  # sender wake-up without news: prune / stats timers; acks and new rows wake it at once
 _PRUNE_EVERY_S = 10.0
 _EXTRA_QUEUE = 64  # room in paho's queue for status, gallery, discovery and stats beside the event window
+_PROBLEM_LOG_EVERY_S = 60.0  # paho retries every few seconds; the journal gets one line a minute
+# CONNACK codes that no retry can fix (MQTT 5 numbering, which paho also uses for 3.1.1 brokers).
+_REFUSED_LOGIN = {134: "bad user name or password", 135: "not authorized"}
 
 
 class MqttPublisher:
@@ -78,10 +82,13 @@ class MqttPublisher:
         self._last_error: str | None = None
         self._gallery: bytes | None = None
         self._inflight_count = 0
+        self._problems = RateLimitedLog(log, _PROBLEM_LOG_EVERY_S)
+        self._failed_attempts = 0  # since the last successful connect (paho's network thread only)
         self._client = self._make_client(read_password(self._mqtt))  # config errors before opening files
         self._outbox = Outbox(cfg.outbox, clock=clock)
         self._sender = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
         self._started = False
+        self.left_in_outbox: int | None = None  # set by close()
 
     @property
     def topics(self) -> Topics:
@@ -164,6 +171,15 @@ class MqttPublisher:
                     log.warning("could not publish 'offline' on close: %s", exc)
             self._client.disconnect()
             self._client.loop_stop()  # bounded: paho's loop wakes at least once a second
+        self.left_in_outbox = self._outbox.depth()
+        if self.left_in_outbox:
+            log.warning(
+                "%d event(s) not acknowledged by the broker stay in the outbox %s; sent at the next start",
+                self.left_in_outbox,
+                self._cfg.outbox.path,
+            )
+        else:
+            log.info("outbox empty: every event was acknowledged by the broker")
         self._outbox.close()
 
     def __enter__(self) -> MqttPublisher:
@@ -248,10 +264,24 @@ class MqttPublisher:
     # -- paho callbacks (network thread) ---------------------------------------------------------------
 
     def _on_connect(self, client: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        where = f"{self._mqtt.host}:{self._mqtt.port}"
         if reason.is_failure:
             self._set_error(f"connect refused: {reason}")
             self._bump("connect_failures")
+            self._failed_attempts += 1
+            login = _REFUSED_LOGIN.get(getattr(reason, "value", None))
+            if login is not None:  # a config mistake: retrying never helps, so it is an error every time
+                self._problems.log(
+                    logging.ERROR,
+                    f"MQTT broker {where} refused the login ({login}): check publish.mqtt.username and the "
+                    "password (password_file / password_credential); events stay in the outbox",
+                )
+            else:
+                self._problems.log(logging.WARNING, f"MQTT broker {where} refused the connection: {reason}")
             return
+        self._problems.clear()
+        failed, self._failed_attempts = self._failed_attempts, 0
+        log.info("MQTT connected to %s%s", where, f" after {failed} failed attempt(s)" if failed else "")
         self._bump("connects")
         client.publish(self._topics.status, "online", qos=QOS, retain=True)
         with self._lock:
@@ -268,8 +298,11 @@ class MqttPublisher:
 
     def _on_connect_fail(self, _c: Any, _u: Any) -> None:
         # paho gives no detail here (refused TCP, DNS, TLS verification); the host says where to look.
-        self._set_error(f"connection failed to {self._mqtt.host}:{self._mqtt.port} (network, DNS or TLS)")
+        text = f"connection failed to {self._mqtt.host}:{self._mqtt.port} (network, DNS or TLS)"
+        self._set_error(text)
         self._bump("connect_failures")
+        self._failed_attempts += 1
+        self._problems.log(logging.WARNING, f"MQTT {text}; retrying, events stay in the outbox")
 
     def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         was_connected = self._connected.is_set()

@@ -82,6 +82,8 @@ class RecognitionEvent:
     liveness_reasons: tuple[str, ...] | None = None  # why the camera's liveness level is not met; () = met
     liveness_challenge: str | None = None
     track_id: int | None = None
+    source_file: str | None = None  # files and folders: the file the deciding frame came from
+    source_frame: int | None = None  # and its frame index in that file
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
@@ -91,7 +93,7 @@ class RecognitionEvent:
             raise _bad("box must be an agent.types.Box")
         for name in ("x1", "y1", "x2", "y2"):
             _check_number(f"box.{name}", getattr(self.box, name), -1e6, 1e6)
-        for name in ("model_id", "person_id", "name", "user_info", "group_id", "event_id"):
+        for name in ("model_id", "person_id", "name", "user_info", "group_id", "event_id", "source_file"):
             _check_text(name, getattr(self, name))
         if not self.model_id or not self.event_id:
             raise _bad("model_id and event_id must not be empty")
@@ -102,8 +104,12 @@ class RecognitionEvent:
             not isinstance(self.far_level, int) or not 0 <= self.far_level <= 9
         ):
             raise _bad(f"far_level must be an int 0..9, got {self.far_level!r}")
-        if self.track_id is not None and (not isinstance(self.track_id, int) or self.track_id < 0):
-            raise _bad(f"track_id must be a non-negative int, got {self.track_id!r}")
+        for name in ("track_id", "source_frame"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise _bad(f"{name} must be a non-negative int, got {value!r}")
+        if (self.source_file is None) != (self.source_frame is None):
+            raise _bad("source_file and source_frame go together")
         if self.liveness_reasons is not None and (
             not isinstance(self.liveness_reasons, tuple)
             or len(self.liveness_reasons) > MAX_REASONS
@@ -150,6 +156,9 @@ def _common(event: RecognitionEvent, device_id: str, schema: str, has_snapshot: 
         "liveness_challenge": event.liveness_challenge,
         "model_id": event.model_id,
         "captured_at": iso_time(event.captured_at),
+        "source": (
+            None if event.source_file is None else {"file": event.source_file, "frame": event.source_frame}
+        ),
         "has_snapshot": has_snapshot,
     }
 

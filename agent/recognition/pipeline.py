@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from agent.capture.worker import CaptureWorker, Frame
-from agent.config import RecognitionConfig
+from agent.config import CameraConfig, RecognitionConfig
 from agent.errors import AgentError, ConfigError, TransientError
 from agent.gallery.matcher import FAR_SCORES, Candidate, Matcher, ScoreMap
 from agent.gates.mesh import open_face_mesh
@@ -127,8 +127,16 @@ class _Camera:
     worker: CaptureWorker
     tracker: FaceTracker
     processed: int = 0
+    faces: int = 0  # detected at or above the camera's min_face_px
     fps: float = 0.0
     last_t: float = field(default=0.0)
+
+
+def _cooldown(base: TrackerSettings, cam: CameraConfig) -> float:
+    """A folder of photos is a set of separate appearances: a person in two photos is reported twice."""
+    if cam.cooldown_s is not None:
+        return cam.cooldown_s
+    return 0.0 if cam.resolved_kind == "folder" else base.cooldown_s
 
 
 class RecognitionPipeline:
@@ -226,7 +234,8 @@ class RecognitionPipeline:
                 f"camera {worker.cfg.id}: liveness_challenge needs liveness level HIGH, not {level}",
                 code="invalid_challenge_level",
             )
-        return replace(base, liveness_level=level, blink=blink, challenge=challenge)
+        cooldown = _cooldown(base, worker.cfg)
+        return replace(base, liveness_level=level, blink=blink, challenge=challenge, cooldown_s=cooldown)
 
     def _liveness_level(self, worker: CaptureWorker) -> str:
         """The camera's own level when it sets one, else the recognition default."""
@@ -256,6 +265,7 @@ class RecognitionPipeline:
                 c.worker.cfg.id: {
                     **c.worker.stats(),
                     "processed": c.processed,
+                    "faces": c.faces,
                     "fps": round(c.fps, 2),
                     "tracks": c.tracker.active,
                     **c.tracker.counters,
@@ -325,6 +335,7 @@ class RecognitionPipeline:
         faces = self._engine.detect(frame.pixels, self.cfg.max_faces)
         min_px = cam.worker.cfg.min_face_px
         faces = [f for f in faces if min(f.box.width, f.box.height) >= min_px]
+        cam.faces += len(faces)
         t1 = time.perf_counter()
         self.latency.add("detect", t1 - t0)
         graded = [self._grade(frame.pixels, f) for f in faces]
@@ -345,6 +356,7 @@ class RecognitionPipeline:
                 quality_level=level,
                 crop=self._crop(frame.pixels, f.box) if self._snapshots else None,
                 face=f,
+                origin=frame.origin,
             )
             for f, (weight, ok, score, level) in zip(faces, graded, strict=True)
         ]
@@ -448,6 +460,8 @@ class RecognitionPipeline:
             quality=obs.quality,
             quality_level=obs.quality_level,
             track_id=ev.track_id,
+            source_file=obs.origin[0] if obs.origin is not None else None,
+            source_frame=obs.origin[1] if obs.origin is not None else None,
             score=round(float(cand.score), 2) if cand is not None else None,
             **_liveness_fields(ev.liveness),
         )

@@ -79,6 +79,7 @@ class Observation:
     quality_level: str | None = None
     crop: np.ndarray | None = field(default=None, repr=False)  # for snapshots
     face: Face | None = field(default=None, repr=False)  # box + keypoints, for the liveness tracker
+    origin: tuple[str, int] | None = None  # files and folders: (file name, frame index) of this face's frame
 
 
 @dataclass(frozen=True)
