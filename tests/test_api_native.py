@@ -241,7 +241,7 @@ def test_full_engine_queue_answers_at_once_and_timeouts_are_bounded(tmp_path, da
         r.close()
 
 
-def test_connections_beyond_the_handler_limit_get_503(tmp_path):
+def test_connections_beyond_the_handler_limit_get_429_busy(tmp_path):
     # The idle timeout is far beyond every wait below, so only closing `first` can free its handler.
     r = start(tmp_path, max_handlers=1, socket_timeout_s=120)
     first = http.client.HTTPConnection("127.0.0.1", r.server.port, timeout=30)
@@ -253,11 +253,11 @@ def test_connections_beyond_the_handler_limit_get_503(tmp_path):
         answer = first.getresponse()
         assert answer.status == 200 and answer.read() and answer.getheader("Connection") != "close"
         reply = call(r, "GET", "/api/v1/health")
-        assert reply.status == 503 and reply.json()["error"]["code"] == "busy"
+        assert reply.status == 429 and reply.json()["error"]["code"] == "busy"  # the family's rate limit
         first.close()
         # The handler frees the slot when it reads the end of `first`; poll for that, however late it runs.
         deadline = time.monotonic() + 60
-        while (reply := call(r, "GET", "/api/v1/health")).status == 503 and time.monotonic() < deadline:
+        while (reply := call(r, "GET", "/api/v1/health")).status == 429 and time.monotonic() < deadline:
             time.sleep(0.02)  # polling interval, not synchronisation
         assert reply.status == 200
     finally:

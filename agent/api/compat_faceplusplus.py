@@ -68,6 +68,8 @@ class FacePlusPlusApi:
     name = "faceplusplus"
     prefix = "/facepp/"
 
+    max_body_bytes = 2 * 1024 * 1024  # "客户发送的请求大小超过了2MB限制": 413, plain text
+
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         cfg = ctx.config

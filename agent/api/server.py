@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,7 +30,7 @@ from agent.api.config import ApiConfig, load_secrets
 from agent.api.native import NativeApi
 from agent.api.routes import Family, Router
 from agent.api.service import ApiContext, QualityGate
-from agent.errors import ConfigError
+from agent.errors import ConfigError, TransientError
 from agent.gallery import Gallery, Matcher, ScoreMap
 
 log = logging.getLogger(__name__)
@@ -74,16 +76,24 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], handler: type, max_handlers: int) -> None:
+    def __init__(self, address: tuple[str, int], handler: type, max_handlers: int, router: Router) -> None:
         self._slots = threading.BoundedSemaphore(max_handlers)
+        self._refusers = threading.BoundedSemaphore(_REFUSERS)
+        self._router = router
         self.refused = 0
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.refused += 1
-            _refuse(request)
-            self.shutdown_request(request)
+            # The answer names the caller's family, so its request line is read, off the accept thread; a
+            # flood beyond the refusers is closed unanswered (it would only queue up behind them).
+            if self._refusers.acquire(blocking=False):
+                threading.Thread(
+                    target=self._refuse, args=(request, client_address), name="api-busy", daemon=True
+                ).start()
+            else:
+                self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
@@ -102,18 +112,66 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
             self.shutdown_request(request)
 
+    def _refuse(self, sock: socket.socket, client_address: Any) -> None:
+        try:
+            _answer_busy(sock, str(client_address[0]), self._router)
+        finally:
+            self._refusers.release()
+            self.shutdown_request(sock)
 
-def _refuse(sock: socket.socket) -> None:
-    body = b'{"error":{"code":"busy","message":"too many connections"}}'
-    head = (
-        f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
+
+_REFUSERS = 8  # connections answered "busy" at once, each for at most _BUSY_TIMEOUT_S
+_BUSY_TIMEOUT_S = 1.0
+_HEAD_LIMIT = 16 * 1024  # request line and headers read to find the family of a refused request
+_DRAIN_LIMIT = 64 * 1024 * 1024  # unread body read and dropped after an early answer, so the client gets it
+_DRAIN_S = 5.0
+
+
+def _answer_busy(sock: socket.socket, client_ip: str, router: Router) -> None:
+    """Answer a connection beyond max_handlers with its family's rate-limit error (Face++ 403
+    CONCURRENCY_LIMIT_EXCEEDED, jumdata 609, JD 10020, native 429), read from its request line."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    head = b""
     try:
-        sock.settimeout(1.0)
-        sock.sendall(head + body)
+        sock.settimeout(_BUSY_TIMEOUT_S)
+        while b"\r\n\r\n" not in head and len(head) < _HEAD_LIMIT and time.monotonic() < deadline:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
     except OSError:
         pass
+    lines = head.split(b"\r\n")
+    parts = lines[0].decode("latin-1").split(" ") if lines and lines[0] else []
+    method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("GET", "/")
+    path = urlsplit(target).path
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    req = Request(method, path, {}, headers, b"", client_ip)
+    resp = _failure(router.family_for(path), TransientError("too many connections", code="busy"), req)
+    out = [f"HTTP/1.1 {resp.status} {HTTPStatus(resp.status).phrase}", f"Content-Type: {resp.content_type}"]
+    out += [f"Content-Length: {len(resp.body)}", "Retry-After: 1", "Connection: close"]
+    out += [f"{k}: {v}" for k, v in resp.headers.items()]
+    try:
+        sock.sendall(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + resp.body)
+        sock.shutdown(socket.SHUT_WR)
+        _drain_socket(sock, _DRAIN_LIMIT, time.monotonic() + _BUSY_TIMEOUT_S)
+    except OSError:
+        pass
+
+
+def _drain_socket(sock: socket.socket, limit: int, deadline: float) -> None:
+    """Read and drop what the client still sends (its body), so closing does not reset the connection
+    before the client has read the answer. Bounded in bytes and time."""
+    left = limit
+    while left > 0 and time.monotonic() < deadline:
+        chunk = sock.recv(min(65536, left))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def _make_handler(router: Router, config: ApiConfig) -> type[BaseHTTPRequestHandler]:
@@ -163,13 +221,15 @@ def _make_handler(router: Router, config: ApiConfig) -> type[BaseHTTPRequestHand
                 str(self.client_address[0]),
             )
             req.headers[":target"] = self.path
+            self._unread = 0
             try:
-                req.body = self._read_body()
+                req.body = self._read_body(getattr(family, "max_body_bytes", None))
             except OSError:  # client stalled past socket_timeout_s or went away mid-body: nobody to answer
                 self.close_connection = True
                 return
             except ApiError as exc:
                 self._send(_failure(family, exc, req), req)
+                self._drain()
                 return
             try:
                 req.query = _parse_query(split.query)
@@ -178,7 +238,22 @@ def _make_handler(router: Router, config: ApiConfig) -> type[BaseHTTPRequestHand
                 resp = _failure(family, exc, req)
             self._send(resp, req)
 
-        def _read_body(self) -> bytes:
+        def _drain(self) -> None:
+            """A body refused unread (too large) is still on its way: read and drop it (bounded), so a client
+            that sends its whole body before reading (requests, http.client) gets the answer, not a reset."""
+            if not self._unread:
+                return
+            left, deadline = min(self._unread, _DRAIN_LIMIT), time.monotonic() + _DRAIN_S
+            try:
+                while left > 0 and time.monotonic() < deadline:
+                    chunk = self.rfile.read1(min(65536, left))
+                    if not chunk:
+                        return
+                    left -= len(chunk)
+            except OSError:
+                pass
+
+        def _read_body(self, family_limit: int | None = None) -> bytes:
             if "transfer-encoding" in {k.lower() for k in self.headers}:
                 self.close_connection = True
                 raise ApiError("length_required", "chunked bodies are not accepted; send Content-Length")
@@ -195,9 +270,11 @@ def _make_handler(router: Router, config: ApiConfig) -> type[BaseHTTPRequestHand
             if length < 0:
                 self.close_connection = True
                 raise ApiError("bad_body", "Content-Length is not a non-negative integer")
-            if length > config.max_body_bytes:
+            limit = min(config.max_body_bytes, family_limit or config.max_body_bytes)
+            if length > limit:
                 self.close_connection = True  # the unread body must not be taken for the next request
-                raise ApiError("body_too_large", f"body of {length} bytes exceeds {config.max_body_bytes}")
+                self._unread = length
+                raise ApiError("body_too_large", f"body of {length} bytes exceeds {limit}")
             body = self.rfile.read(length)
             if len(body) != length:
                 self.close_connection = True
@@ -248,7 +325,7 @@ class ApiServer:
         self.ctx = ctx
         self.router = build_router(ctx)
         self._httpd = _Server(
-            (config.host, config.port), _make_handler(self.router, config), config.max_handlers
+            (config.host, config.port), _make_handler(self.router, config), config.max_handlers, self.router
         )
         self._thread: threading.Thread | None = None
 
