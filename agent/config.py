@@ -83,7 +83,14 @@ class EmbedderConfig(Strict):
         "default) or facenet-casia (weights under CASIA-WebFace's research / non-commercial terms)",
     )
     precision: Literal["int8", "fp32"] = Field("int8", description="model variant")
-    max_batch: int = Field(8, ge=1, le=64, description="faces per inference call")
+    max_batch: int = Field(8, ge=1, le=64, description="faces per inference call (with flip: 2 images each)")
+    flip: bool = Field(
+        True,
+        description="test-time augmentation: embed each face and its mirror image and average the two; "
+        "about 2x the embedding time, more genuine matches at the same false-accept rate (docs/models.md). "
+        "Its own embedding space (model id ending in +flip) with its own thresholds: changing it re-embeds "
+        "the gallery from its thumbnails at the next start",
+    )
 
 
 class ImageLimits(Strict):
@@ -228,8 +235,20 @@ class RecognitionConfig(Strict):
         DEFAULT_GROUP, min_length=1, max_length=1024, description="gallery group matched against"
     )
     create_group: bool = Field(True, description="create the group at start when it does not exist")
-    min_score: float = Field(
-        80.0, ge=0, le=100, description="calibrated score a match needs (70 = FAR 1e-3, 80 = 1e-4, 90 = 1e-5)"
+    max_stranger_rate: float = Field(
+        1e-3,
+        ge=1e-5,
+        le=0.5,
+        description="the chance that one unknown face is named as somebody (open-set FPIR); the score a "
+        "match needs follows from it, the model space and the group's current number of faces "
+        "(docs/openset.md)",
+    )
+    min_score: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="a fixed per-comparison score instead (70 = FAR 1e-3, 80 = 1e-4, 90 = 1e-5), whatever "
+        "the group's size; unset: from max_stranger_rate. Setting both is an error",
     )
     cosine_thresholds: dict[str, float] | None = Field(
         None,
@@ -282,6 +301,15 @@ class RecognitionConfig(Strict):
     heartbeat_max_age_s: float = Field(
         30.0, gt=0, le=3600, description="a camera or recognition thread silent this long is unhealthy"
     )
+
+    @model_validator(mode="after")
+    def _one_threshold_rule(self) -> RecognitionConfig:
+        if self.min_score is not None and "max_stranger_rate" in self.model_fields_set:
+            raise ValueError(
+                "recognition: set max_stranger_rate (a stranger rate, adapted to the group's size) or "
+                "min_score (a fixed per-comparison score), not both"
+            )
+        return self
 
     @field_validator("cosine_thresholds")
     @classmethod

@@ -18,8 +18,9 @@ Stages (each can run alone; `all` runs them in order):
   quantize   embedders -> INT8: one ONNX QDQ file per model that both runtimes load (NNCF PTQ on the ONNX
              graph, scripts/quantize.py), calibrated on aligned crops of real faces (--calib-dir, default
              ../shared/data/lfw-devtrain)
-  calibrate  similarity thresholds at FAR 1e-3..1e-6 from impostor pairs of lfw-devtrain, per variant and
-             runtime
+  calibrate  similarity thresholds at FAR 1e-3..1e-6 and a far_curve (1e-2..1e-7, half decades) from the
+             impostor pairs of lfw-devtrain, per embedding space: variant, runtime, and without / with flip
+             test-time augmentation (thresholds keys `openvino`, `openvino+flip`, ...). Writes no model file.
 Every written file's sha256 goes into models/manifest.json, with its source package, version and licence.
 """
 
@@ -336,7 +337,9 @@ def _version(dist: str) -> str:
 def stage_calibrate(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     from agent.evaluation.calibrate import calibrate_thresholds
+    from agent.inference.manifest import RUNTIMES, thresholds_key
 
+    flips = {"off": [False], "on": [True], "both": [False, True]}[args.flip]
     manifest = load_manifest()
     for model in args.models:
         entry = manifest["models"].get(model, {})
@@ -345,11 +348,14 @@ def stage_calibrate(args: argparse.Namespace) -> None:
         for variant in entry.get("variants", {}):
             if args.variants and variant not in args.variants:
                 continue
-            for runtime in ("openvino", "onnxruntime"):
-                print(f"calibrate {model}/{variant} on {runtime}")
-                thr = calibrate_thresholds(MODELS, model, variant, runtime, args.data / "lfw-devtrain")
-                entry["variants"][variant].setdefault("thresholds", {})[runtime] = thr
-                save_manifest(manifest)
+            for runtime in RUNTIMES:
+                for flip in flips:
+                    key = thresholds_key(runtime, flip)  # the key agent/inference/manifest.py reads
+                    print(f"calibrate {model}/{variant} on {runtime} ({key})")
+                    lfw = args.data / "lfw-devtrain"
+                    thr = calibrate_thresholds(MODELS, model, variant, runtime, lfw, flip=flip)
+                    entry["variants"][variant].setdefault("thresholds", {})[key] = thr
+                    save_manifest(manifest)
 
 
 def make_venv(venv: Path, argv: list[str], stage: str) -> None:
@@ -376,6 +382,12 @@ def main() -> None:
     p.add_argument("--calib-dir", type=Path, help="folder of face images for INT8 calibration (recursive)")
     p.add_argument("--calib-samples", type=int, default=300)
     p.add_argument("--variants", nargs="+", help="calibrate only these variants (e.g. int8 after quantize)")
+    p.add_argument(
+        "--flip",
+        choices=["off", "on", "both"],
+        default="both",
+        help="calibrate the spaces without flip test-time augmentation, with it, or both",
+    )
     args = p.parse_args()
     if args.venv is not None:
         argv = [a for a in sys.argv[1:]]

@@ -343,7 +343,9 @@ def test_gallery_variant_check_says_which_space_and_what_start_will_do(tmp_path)
     from agent.inference.manifest import Manifest
 
     engine = EngineConfig()
-    running = Manifest().info(engine.embedder.model, engine.embedder.precision, engine.runtime.kind, False)
+    emb = engine.embedder  # the default space, flip included (doctor used to name the plain one)
+    running = Manifest().info(emb.model, emb.precision, engine.runtime.kind, False, flip=emb.flip)
+    assert running.model_id.endswith("+flip")
     cfg = GalleryConfig(path=tmp_path / "g")
     assert check_gallery_variant(engine, cfg).status == "OK"  # no gallery yet
 

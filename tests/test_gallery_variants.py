@@ -129,6 +129,10 @@ def test_manifest_names_the_runtime_file(agent_engine) -> None:
                     assert f"{name}/fp32" in info.space_accepts
                 else:
                     assert f"{name}/int8" not in info.space_accepts
+                # The same file with flip test-time augmentation: another space, known, never accepted as old.
+                flipped = manifest.info(name, variant, runtime, verify=False, flip=True)
+                assert flipped.model_id == f"{info.model_id}+flip" and flipped.model_id in spaces
+                assert flipped.space_accepts == {} and flipped.thresholds != info.thresholds
         assert "no file of this agent" in spaces[f"{name}/int8"]
     assert agent_engine.model_id in agent_engine.space_hints
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from agent.config import EngineConfig, OnnxRuntimeConfig, OpenVINORuntimeConfig, parse_model
@@ -24,10 +25,23 @@ def test_manifest_records_every_fact(models_dir):
                 assert len(rec["sha256"]) == 64
                 assert (models_dir / rec["path"]).is_file()
             if entry["kind"] == "embedder":
-                for runtime in ("openvino", "onnxruntime"):
-                    thr = var["thresholds"][runtime]["cosine_at_far"]
-                    values = [thr[k] for k in ("1e-3", "1e-4", "1e-5", "1e-6")]
-                    assert values == sorted(values), (name, variant, runtime)  # stricter FAR, higher bar
+                # Every space has its own calibration: each runtime, without and with flip.
+                for key in ("openvino", "onnxruntime", "openvino+flip", "onnxruntime+flip"):
+                    _check_calibration(var["thresholds"][key], (name, variant, key))
+
+
+def _check_calibration(cal: dict, where: tuple) -> None:
+    thr = cal["cosine_at_far"]
+    values = [thr[k] for k in ("1e-3", "1e-4", "1e-5", "1e-6")]
+    assert values == sorted(values), where  # stricter FAR, higher bar
+    # The far_curve: half decades from 1e-2 to 1e-7, from the same impostor pairs as cosine_at_far.
+    far, cosine = cal["far_curve"]["far"], cal["far_curve"]["cosine"]
+    assert len(far) == len(cosine) == 11 and far[0] == 1e-2 and far[-1] == 1e-7, where
+    assert np.allclose(np.diff(np.log10(far)), -0.5, atol=1e-3), where
+    assert np.all(np.diff(cosine) >= 0), where  # monotone: lower FAR, higher (or equal) threshold
+    assert cosine[0] < cosine[-1] <= 1.0, where
+    for key, value in thr.items():  # the decades the curve shares with cosine_at_far agree exactly
+        assert cosine[far.index(float(key))] == value, (where, key)
 
 
 def test_checksum_mismatch_is_refused(models_dir, tmp_path):

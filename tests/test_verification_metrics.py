@@ -35,3 +35,18 @@ def test_kfold_accuracy_counts_errors_of_both_classes(data_dir: Path) -> None:
     acc, std, thr = kfold_accuracy(scores, same)
     assert abs(acc - (1 - 11 / len(same))) < 1e-9
     assert 0.2 < thr <= 0.8
+
+
+def test_threshold_at_far_accepts_exactly_k_of_n_impostors() -> None:
+    from agent.evaluation.metrics import threshold_at_far
+
+    rng = np.random.default_rng(3)
+    impostor = rng.normal(0.3, 0.1, 10_000).astype(np.float32)
+    for far in (1e-4, 1e-3, 2.5e-3, 1e-2, 0.5):
+        k = int(np.floor(far * len(impostor)))
+        t = threshold_at_far(impostor, far)
+        assert int(np.sum(impostor >= t)) == k, far  # the comment's k, not k - 1
+    assert int(np.sum(impostor >= threshold_at_far(impostor, 1e-5))) == 0  # k = 0: nobody
+    assert int(np.sum(impostor >= threshold_at_far(impostor, 1.0))) == len(impostor)
+    ties = np.array([0.9, 0.9, 0.9, 0.1] * 250, np.float32)  # 750 tied at the top of 1000
+    assert int(np.sum(ties >= threshold_at_far(ties, 0.5))) == 0  # never more than k = 500

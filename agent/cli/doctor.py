@@ -178,8 +178,9 @@ def check_gallery_variant(engine: EngineConfig, gallery: GalleryConfig) -> Check
     from agent.inference.manifest import Manifest
 
     try:
+        emb = engine.embedder
         info = Manifest(engine.models_dir).info(
-            engine.embedder.model, engine.embedder.precision, engine.runtime.kind, verify=False
+            emb.model, emb.precision, engine.runtime.kind, verify=False, flip=emb.flip
         )
     except ModelError as exc:
         return Check("gallery-variant", "FAIL", exc.message, "see the engine-models check")

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precisions", nargs="+", default=["int8", "fp32"])
     e.add_argument("--runtimes", nargs="+", default=["openvino", "onnxruntime"])
     e.add_argument("--detector", default="blazeface-full")
+    e.add_argument(
+        "--flip",
+        choices=["on", "off", "both"],
+        default="on",
+        help="flip test-time augmentation: the default space (on), the plain one (off), or both",
+    )
     e.add_argument("--out", type=Path, default=Path("eval-results"), help="folder for JSON and ROC PNG")
     e.add_argument(
         "--cache",

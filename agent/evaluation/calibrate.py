@@ -1,10 +1,12 @@
-"""Thresholds at FAR 1e-3..1e-6 from the impostor pairs of an LFW-format set, and the full evaluation report
-(pair accuracy, TAR at FAR, ROC) for one model variant on one runtime."""
+"""Thresholds at FAR 1e-3..1e-6 (and a finer FAR curve, 1e-2..1e-7) from the impostor pairs of an LFW-format
+set, and the full evaluation report (pair accuracy, TAR at FAR, ROC) for one embedding space: a model variant
+on one runtime, with or without flip test-time augmentation."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +27,12 @@ from agent.evaluation.metrics import (
 )
 from agent.inference.engine import FaceEngine
 
+# The far_curve grid: half decades from 1e-2 to 1e-7, four significant digits (1e-2, 3.162e-3, 1e-3, ...).
+# Open-set thresholds come from it: a probe searched against N faces is falsely identified with probability
+# FPIR = 1 - (1 - FAR)^N, so a target FPIR needs the threshold at FAR = 1 - (1 - FPIR)^(1/N).
+FAR_CURVE = tuple(float(f"{10 ** (-e / 2):.4g}") for e in range(4, 15))
+_DECIMALS = 5  # thresholds in the manifest
+
 
 @dataclass
 class EvalResult:
@@ -42,16 +50,23 @@ class EvalResult:
     tar: dict[str, float]
     seconds: float
     roc: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    far_curve: dict[str, list[float]] = field(default_factory=dict, repr=False)  # {"far": [], "cosine": []}
 
 
 def make_engine(
-    models_dir: Path | None, model: str, variant: str, runtime: str, detector: str = "blazeface-full"
+    models_dir: Path | None,
+    model: str,
+    variant: str,
+    runtime: str,
+    detector: str = "blazeface-full",
+    flip: bool = False,
 ) -> FaceEngine:
+    """An engine for one space. `flip` is explicit, not the config default: an evaluation names its space."""
     rt = OpenVINORuntimeConfig() if runtime == "openvino" else OnnxRuntimeConfig()
     cfg = EngineConfig(
         runtime=rt,
         detector={"model": detector},
-        embedder=EmbedderConfig(model=model, precision=variant),
+        embedder=EmbedderConfig(model=model, precision=variant, flip=flip),
         models_dir=models_dir,
     )
     return FaceEngine(cfg)
@@ -67,6 +82,8 @@ def _cache_key(engine: FaceEngine, root: Path) -> str:
         engine.detector.info.name,
         json.dumps(engine.embedder.align_spec, sort_keys=True),
         str(root),
+        # Flip is another space; plain keys stay as they were, so caches made before flip existed still hit.
+        *(["flip"] if engine.embedder.flip else []),
     ):
         h.update(part.encode())
     return h.hexdigest()[:16]
@@ -95,7 +112,8 @@ def evaluate(
     pairs, same = read_pairs(root / "pairsDevTrain.txt", ds)
     acc, std, thr = kfold_accuracy(pair_scores(emb, pairs), same)
     genuine, impostor = all_pair_scores(emb, ds.identities)
-    thresholds = {far_key(far): round(threshold_at_far(impostor, far), 5) for far in FARS}
+    thresholds = {far_key(far): _ceil(threshold_at_far(impostor, far)) for far in FARS}
+    curve = [_ceil(threshold_at_far(impostor, far)) for far in FAR_CURVE]
     fars, tars = roc_curve(genuine, impostor)
     return EvalResult(
         model_id=engine.model_id,
@@ -112,7 +130,13 @@ def evaluate(
         tar={k: tar_at(genuine, v) for k, v in thresholds.items()},
         seconds=time.perf_counter() - t0,
         roc={"far": fars.tolist(), "tar": tars.tolist()},
+        far_curve={"far": list(FAR_CURVE), "cosine": curve},
     )
+
+
+def _ceil(threshold: float) -> float:
+    """Rounded up, never to the nearest: a threshold rounded down would accept more impostors than its FAR."""
+    return round(math.ceil(threshold * 10**_DECIMALS) / 10**_DECIMALS, _DECIMALS)
 
 
 DEFAULT_CACHE = Path.home() / ".cache" / "face-agent" / "eval"
@@ -125,15 +149,21 @@ def calibrate_thresholds(
     runtime: str,
     root: Path,
     cache_dir: Path | None = DEFAULT_CACHE,
+    flip: bool = False,
 ) -> dict:
-    """Manifest entry: cosine thresholds at each FAR, with how they were measured. Embeddings are cached
-    (keyed by model file, runtime, detector and alignment) so `face-agent eval` reuses them."""
-    engine = make_engine(models_dir, model, variant, runtime)
+    """Manifest entry of one space: cosine thresholds at each FAR and the far_curve, with how they were
+    measured. Embeddings are cached (keyed by model file, runtime, detector, alignment and flip) so
+    `face-agent eval` reuses them."""
+    engine = make_engine(models_dir, model, variant, runtime, flip=flip)
     res = evaluate(engine, root, cache_dir, progress=True)
-    print(f"  accuracy {res.pair_accuracy * 100:.2f}%  thresholds {res.thresholds}  TAR {res.tar}")
+    print(
+        f"  {res.model_id} on {res.runtime}: accuracy {res.pair_accuracy * 100:.2f}%  "
+        f"thresholds {res.thresholds}  TAR {res.tar}"
+    )
     return {
         "cosine_at_far": res.thresholds,
         "tar_at_far": {k: round(v, 4) for k, v in res.tar.items()},
+        "far_curve": res.far_curve,
         "source": f"{root.name}: {res.impostor_pairs} impostor pairs, {res.genuine_pairs} genuine pairs",
         "pair_accuracy": round(res.pair_accuracy, 4),
     }

@@ -67,13 +67,19 @@ def all_pair_scores(emb: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> t
 
 
 def threshold_at_far(impostor: np.ndarray, far: float) -> float:
-    """The smallest cosine threshold whose false-accept rate over `impostor` is <= far."""
-    k = int(np.floor(far * len(impostor)))
-    if k < 1:
-        return float(np.max(impostor)) + 1e-6
-    top = np.partition(impostor, len(impostor) - k)[len(impostor) - k :]
-    # scores strictly above the k-th highest are accepted: at most k false accepts
-    return float(np.min(top)) + 1e-6
+    """The smallest cosine threshold whose false-accept rate over `impostor` is <= far: it accepts the
+    k = floor(far * n) highest impostor scores (fewer when scores tie at the boundary), never more."""
+    scores = np.asarray(impostor)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
+    n = len(scores)
+    k = int(np.floor(far * n))
+    if k >= n:
+        return float(np.min(scores))
+    # The (k+1)-th highest score is refused; everything strictly above it (the k highest) is accepted. The
+    # next representable value is taken in the scores' own precision (float32 scores compare in float32).
+    refused = np.partition(scores, n - k - 1)[n - k - 1]
+    return float(np.nextafter(refused, scores.dtype.type(np.inf)))
 
 
 def tar_at(genuine: np.ndarray, threshold: float) -> float:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 
-from agent.evaluation.calibrate import evaluate, make_engine, result_dict
+from agent.evaluation import openset
+from agent.evaluation.calibrate import dataset_embeddings, evaluate, make_engine, result_dict
 from agent.evaluation.metrics import FARS, kfold_accuracy
+from agent.gallery.thresholds import engine_thresholds
 from agent.inference.manifest import Manifest
 
 
@@ -21,16 +24,19 @@ def run_eval(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest()
     results = []
+    opensets: dict[str, dict] = {}
     for model in _embedders(args.models):
         for precision in args.precisions:
             if precision not in manifest.variants(model):
                 print(f"skip {model}/{precision}: not built")
                 continue
-            for runtime in args.runtimes:
-                engine = make_engine(None, model, precision, runtime, args.detector)
+            for runtime, flip in itertools.product(args.runtimes, _flips(args)):
+                engine = make_engine(None, model, precision, runtime, args.detector, flip=flip)
                 res = evaluate(engine, args.data, args.cache, progress=True)
                 results.append(res)
                 print(_row(res), flush=True)
+                opensets[f"{res.model_id} {res.runtime}"] = table = _openset(engine, args)
+                print(_openset_rows(table), flush=True)
     if args.baseline_dlib:
         base = dlib_pair_accuracy(args.data)
         print(
@@ -39,9 +45,39 @@ def run_eval(args: argparse.Namespace) -> int:
             f" ({base['missed']} images without a face)"
         )
     (args.out / "eval.json").write_text(json.dumps([result_dict(r) for r in results], indent=2))
+    (args.out / "openset.json").write_text(json.dumps(opensets, indent=2))
     _plot_roc(results, args.out / "roc.png")
     print(f"wrote {args.out / 'eval.json'} and {args.out / 'roc.png'}")
     return 0
+
+
+def _flips(args: argparse.Namespace) -> list[bool]:
+    choice = getattr(args, "flip", "on")
+    return {"on": [True], "off": [False], "both": [False, True]}[choice]
+
+
+def _openset(engine, args: argparse.Namespace) -> dict:  # noqa: ANN001 - FaceEngine
+    """Open-set FNIR at FPIR 1e-2 / 1e-3 per gallery size, on the embeddings `evaluate` just cached."""
+    ds, emb, found = dataset_embeddings(engine, args.data, args.cache)
+    return openset.summary(emb, ds.identities, found, stranger=engine_thresholds(engine))
+
+
+def _openset_rows(table: dict) -> str:
+    lines = ["  open set (one photo per person enrolled; FNIR at FPIR 1e-2 / 1e-3):"]
+    for size, row in table.items():
+        lines.append(
+            f"    {int(size):5d} persons: FNIR {row['fnir@0.01'] * 100:5.1f}% / "
+            f"{row['fnir@0.001'] * 100:5.1f}%"
+            f"  (cosine {row['cosine@0.01']:.4f} / {row['cosine@0.001']:.4f}; "
+            f"{row['stranger_searches']} stranger, {row['mated_searches']} mated searches)"
+        )
+        if "agent_fpir@0.001" in row:
+            lines.append(
+                f"          agent's thresholds for rate 1e-2 / 1e-3: FPIR {row['agent_fpir@0.01']:.4f} / "
+                f"{row['agent_fpir@0.001']:.4f}, FNIR {row['agent_fnir@0.01'] * 100:.1f}% / "
+                f"{row['agent_fnir@0.001'] * 100:.1f}%"
+            )
+    return "\n".join(lines)
 
 
 def _row(res) -> str:  # noqa: ANN001 - EvalResult

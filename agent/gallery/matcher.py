@@ -175,6 +175,11 @@ class Matcher:
     def __init__(self, gallery, model_id: str, scores: ScoreMap, config: GalleryConfig) -> None:
         self._gallery, self.model_id, self.scores, self._cfg = gallery, model_id, scores, config
 
+    def faces(self, group_id: str) -> int:
+        """Live faces of this model in the group's index (0 while not loaded): what one search compares."""
+        index = self._gallery.index(group_id, self.model_id)
+        return 0 if index is None else int(index.stats()["live"])
+
     def _check(self, top_k: int, min_score: float) -> None:
         if not 1 <= top_k <= self._cfg.max_top_k:
             raise InputError(f"top_k must be 1..{self._cfg.max_top_k}", code="invalid_top_k")

@@ -30,7 +30,8 @@ class FaceEngine:
         runtime = config.runtime.kind
         verify = config.verify_checksums
         det_info = manifest.info(config.detector.model, "fp32", runtime, verify)
-        emb_info = manifest.info(config.embedder.model, config.embedder.precision, runtime, verify)
+        emb = config.embedder
+        emb_info = manifest.info(emb.model, emb.precision, runtime, verify, flip=emb.flip)
         if emb_info.kind != "embedder":
             raise InputError(f"model {config.embedder.model!r} is a {emb_info.kind}, not an embedder")
         t0 = time.perf_counter()
@@ -40,7 +41,8 @@ class FaceEngine:
         self.embedder = Embedder(
             emb_info, open_session(emb_info.files, config.runtime), config.embedder.max_batch
         )
-        self.thresholds = emb_info.thresholds
+        self.thresholds = emb_info.thresholds  # of the space it runs: flip has its own
+        self.far_curve = emb_info.far_curve  # cosine at pair FAR 1e-2 .. 1e-7, for open-set thresholds
         self._warm_up()
         log.info(
             "engine ready: %s + %s on %s in %.1fs",
@@ -66,7 +68,8 @@ class FaceEngine:
 
     def embed_thumbnails(self, thumbnails: list[bytes]) -> np.ndarray:
         """(N, dim) embeddings of stored aligned-chip thumbnails (JPEG or PNG), e.g. to re-embed a gallery
-        enrolled under another variant of this model: the chips were cut by this model's alignment."""
+        enrolled under another variant of this model (or with the other flip setting): the chips were cut by
+        this model's alignment. Flipped here as everywhere when the engine runs flip."""
         chips = []
         for data in thumbnails:
             chip = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

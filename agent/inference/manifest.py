@@ -15,6 +15,8 @@ from typing import Any
 from agent.errors import ModelError
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
+RUNTIMES = ("openvino", "onnxruntime")
+FLIP = "+flip"  # model id and thresholds-key suffix of the flip test-time augmentation: a space of its own
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,15 @@ class ModelInfo:
     space: str = ""  # the embedding space of the file this runtime loads; the variant name when not set
     space_accepts: dict[str, str] = field(default_factory=dict)  # other model ids measured as this space
     space_hints: dict[str, str] = field(default_factory=dict)  # other model ids -> how to run them
+    flip: bool = False  # embed each chip and its mirror image, and average (test-time augmentation)
+    far_curve: dict[str, list[float]] = field(default_factory=dict)  # {"far": [...], "cosine": [...]}
 
     @property
     def model_id(self) -> str:
         """The exact variant: model, precision and file (`dlib-resnet-v1/int8-qdq.1a2b3c4d`, the file's stem
-        and sha256 prefix). Two files are two embedding spaces, with their own gallery indexes."""
-        return f"{self.name}/{self.space or self.variant}"
+        and sha256 prefix), `+flip` when the mirror image is averaged in. Two files are two embedding spaces,
+        with their own gallery indexes; so are one file with and without flip."""
+        return f"{self.name}/{self.space or self.variant}{FLIP if self.flip else ''}"
 
     @property
     def input(self) -> dict[str, Any]:
@@ -95,14 +100,17 @@ class Manifest:
                 f"model {name!r} is not in the manifest; known: {', '.join(self.names())}"
             ) from None
 
-    def info(self, name: str, variant: str, runtime: str, verify: bool = True) -> ModelInfo:
+    def info(
+        self, name: str, variant: str, runtime: str, verify: bool = True, flip: bool = False
+    ) -> ModelInfo:
+        """A variant as `runtime` loads it; `flip` selects its flip-augmented space (own id, thresholds)."""
         entry = self._entry(name)
         variants = entry.get("variants", {})
         if variant not in variants:
             raise ModelError(f"model {name!r} has no {variant!r} variant; available: {', '.join(variants)}")
         var = variants[variant]
         files = self._files(name, variant, var["files"], runtime, verify)
-        thresholds = var.get("thresholds", {}).get(runtime, {}).get("cosine_at_far", {})
+        calibration = var.get("thresholds", {}).get(thresholds_key(runtime, flip), {})
         facts = {k: v for k, v in entry.items() if k not in ("variants", "legacy_spaces")}
         rec = _record_for(var["files"], runtime)  # the record _files resolved
         space = _space(variant, rec)
@@ -113,10 +121,12 @@ class Manifest:
             variant,
             facts,
             files,
-            dict(thresholds),
+            dict(calibration.get("cosine_at_far", {})),
             space,
-            _accepted(name, legacy, rec),
+            {} if flip else _accepted(name, legacy, rec),  # older agents never flipped: their ids are plain
             self._hints(name, variants, legacy),
+            flip,
+            dict(calibration.get("far_curve", {})),
         )
 
     @staticmethod
@@ -124,11 +134,14 @@ class Manifest:
         """How to run each space of this model: the precision and runtime that load its file."""
         hints: dict[str, str] = {}
         for variant, var in variants.items():
-            for runtime in ("openvino", "onnxruntime"):
+            for runtime in RUNTIMES:
                 rec = _record_for(var["files"], runtime)
-                if rec is not None:
-                    model_id = f"{name}/{_space(variant, rec)}"
-                    hint = f"run with embedder.precision {variant} on runtime {runtime}"
+                if rec is None:
+                    continue
+                for flip in (False, True):
+                    model_id = f"{name}/{_space(variant, rec)}{FLIP if flip else ''}"
+                    hint = f"run with embedder.precision {variant}, embedder.flip {str(flip).lower()} on "
+                    hint += f"runtime {runtime}"
                     hints[model_id] = f"{hints[model_id]} or {hint}" if model_id in hints else hint
         for space, facts in legacy.items():  # ids of older agents
             hint = (
@@ -160,6 +173,11 @@ class Manifest:
             xml = self._resolve(rec, verify)
             return ModelFiles(model=xml, weights=self._resolve(rec["weights"], verify), onnx=onnx)
         return ModelFiles(model=onnx, onnx=onnx)
+
+
+def thresholds_key(runtime: str, flip: bool) -> str:
+    """Where a variant's `thresholds` keep one space's numbers: per runtime, `+flip` for the flip space."""
+    return f"{runtime}{FLIP if flip else ''}"
 
 
 def _record_for(recs: dict[str, Any], runtime: str) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from agent.capture.worker import CaptureWorker, Frame
 from agent.config import CameraConfig, RecognitionConfig
 from agent.errors import AgentError, ConfigError, TransientError
 from agent.gallery.matcher import FAR_SCORES, Candidate, Matcher, ScoreMap
+from agent.gallery.thresholds import RequiredScore, StrangerThresholds, engine_thresholds
 from agent.gates.mesh import open_face_mesh
 from agent.publish.challenge import ChallengeMessage
 from agent.publish.payloads import RecognitionEvent
@@ -59,17 +60,24 @@ def _quality_gate():
 
 
 # The tracker's look-alike gate (`track_min_similarity`) is a cosine, and cosines mean different things per
-# model: different people score ~0.1 on FaceNet but ~0.8 on the dlib ResNet. Its default 0.35 was set for
-# FaceNet (FAR 1e-3 at cosine 0.511); unless the operator sets one, it is placed at the same distance from 1,
-# relative to the model's own FAR 1e-3 cosine: 0.35 on FaceNet, 0.90 on the INT8 dlib ResNet (whose
-# different-person faces on the Hamilton clip's scene cut, 0.88-0.89, a 0.35 gate let through).
+# model and space: different people score ~0.1 on FaceNet but ~0.8 on the dlib ResNet. Unless the operator
+# sets one, it is the space's cosine at pair FAR 1e-2 (manifest far_curve): a different person stepping into a
+# track's place continues it at most once in 100 (0.39 on FaceNet, 0.908 on the INT8 dlib ResNet, 0.911 with
+# flip, whose stranger after the Hamilton clip's scene cut scores 0.905 against Lin-Manuel's track); frames of
+# one person score far above it. A space without that point keeps the older rule: the same distance from 1,
+# relative to its FAR 1e-3 cosine, as 0.35 is on FaceNet (FAR 1e-3 at 0.511).
+TRACK_GATE_FAR = 1e-2
 TRACK_GATE_REACH = (1.0 - 0.35) / (1.0 - 0.511)
 
 
-def track_min_similarity(cfg: RecognitionConfig, scores: ScoreMap) -> float:
-    """The cosine a face needs to continue a track: the configured one if set, else scaled to the model."""
+def track_min_similarity(
+    cfg: RecognitionConfig, scores: ScoreMap, curve: StrangerThresholds | None = None
+) -> float:
+    """The cosine a face needs to continue a track: the configured one if set, else scaled to the space."""
     if cfg.track_min_similarity is not None:
         return cfg.track_min_similarity
+    if curve is not None and curve.largest_far >= TRACK_GATE_FAR:
+        return curve.cosine_at(TRACK_GATE_FAR)
     far_1e3 = float(scores.cosine(FAR_SCORES["1e-3"]))
     return float(np.clip(1.0 - TRACK_GATE_REACH * (1.0 - far_1e3), -1.0, 1.0))
 
@@ -173,8 +181,17 @@ class RecognitionPipeline:
         self.latency = LatencyLog(observe)
         self.match_errors = 0
         self.frame_errors = 0
-        settings = TrackerSettings(
+        curve = engine_thresholds(engine, cfg.cosine_thresholds)
+        self.required_score = RequiredScore(
+            matcher,
+            cfg.group_id,
+            rate=cfg.max_stranger_rate,
             min_score=cfg.min_score,
+            thresholds=None if cfg.min_score is not None else curve,
+            log=log,
+        )
+        settings = TrackerSettings(
+            min_score=cfg.min_score if cfg.min_score is not None else 100.0,  # see required_score
             iou_threshold=cfg.iou_threshold,
             track_timeout_s=cfg.track_timeout_s,
             max_missed_frames=cfg.max_missed_frames,
@@ -183,7 +200,7 @@ class RecognitionPipeline:
             fusion_frames=cfg.fusion_frames,
             upgrade_unknown=cfg.upgrade_unknown,
             cooldown_s=cfg.cooldown_s,
-            min_similarity=track_min_similarity(cfg, matcher.scores),
+            min_similarity=track_min_similarity(cfg, matcher.scores, curve),
         )
         levels = [self._liveness_level(w) for w in cameras]
         eyes = self._eye_meter(engine, levels)
@@ -191,7 +208,11 @@ class RecognitionPipeline:
             _Camera(
                 w,
                 FaceTracker(
-                    self._tracker_settings(settings, w, level, eyes), self._match, eyes, challenge_chooser
+                    self._tracker_settings(settings, w, level, eyes),
+                    self._match,
+                    eyes,
+                    challenge_chooser,
+                    self.required_score,
                 ),
             )
             for w, level in zip(cameras, levels, strict=True)

@@ -8,8 +8,9 @@ Each track keeps its `fusion_frames` best-quality embeddings; their quality-weig
 fused embedding.
 
 Decisions, evaluated on every usable frame (one that passes the quality level):
-- known: the frame's own embedding or the fused one matches someone at `min_score` or better. This can
-  happen on the very first frame, so a door does not wait;
+- known: the frame's own embedding or the fused one matches someone at the required score or better (the
+  `required` callable: it follows the stranger rate and the group's size). This can happen on the very first
+  frame, so a door does not wait;
 - unknown: `unknown_after_frames` usable frames went by without such a match, or the track ended after at
   least `min_track_frames` usable frames (shorter tracks are treated as detector noise);
 - an unknown track that later matches is reported again as recognized (`upgrade_unknown`).
@@ -230,9 +231,13 @@ class FaceTracker:
         match: Matcher,
         eyes: EyeMeter | None = None,
         choose: Chooser | None = None,
+        required: Callable[[], float] | None = None,
     ) -> None:
-        """`choose` forces the challenge instructions (tests); None: each is drawn with `secrets`."""
+        """`choose` forces the challenge instructions (tests); None: each is drawn with `secrets`.
+        `required` gives the score a match needs at this moment (it follows the group's size, see
+        agent/gallery/thresholds.py); None: the fixed `settings.min_score`."""
         self.s = settings
+        self._required = required or (lambda: settings.min_score)
         self._challenges = (
             TrackChallenges(settings.challenge, settings.max_tracks, choose) if settings.challenge else None
         )
@@ -429,7 +434,7 @@ class FaceTracker:
         cand = self._best_candidate(track, obs)
         if cand is not None and (track.best_score is None or cand.score > track.best_score):
             track.best_score = cand.score
-        if cand is not None and cand.score >= self.s.min_score:
+        if cand is not None and cand.score >= self._required():
             return self._known(track, cand, clock)
         if track.state == "pending" and track.usable >= self.s.unknown_after_frames:
             return self._unknown(track, cand, clock)

@@ -1,0 +1,147 @@
+"""Open-set thresholds: the score a match needs so that a stranger is named at most at a given rate.
+
+A camera compares every face with all N faces of its group, so "FAR 1e-4 per comparison" lets a stranger
+through about N times as often. The rate a door owner sets is the stranger rate (FPIR: the chance that one
+unknown face is named as somebody), and the per-comparison rate that gives it is
+
+    FAR = 1 - (1 - FPIR) ** (1 / N)        (~ FPIR / N)
+
+assuming the N comparisons of one stranger are independent. Measured on lfw-devtrain through the whole
+pipeline (agent/evaluation/openset.py, galleries of 10 ... 4000 persons), the thresholds this gives hold
+the measured FPIR within a factor of ~1.3 at FPIR 1e-2 and ~2.3 at 1e-3 with 4000 persons, where LFW's few
+identities listed under two names (the same person twice) dominate the tail; docs/gallery.md has the table.
+
+The cosine at a per-comparison FAR comes from the model space's `far_curve` in the manifest (pair FAR 1e-2 ...
+1e-7, measured on 45 M impostor pairs), interpolated linearly in log10(FAR). Below the curve's last point the
+last half decade's slope is extended: that is an extrapolation, and `extrapolated` says when it happens
+(N / FPIR beyond ~1e7, e.g. more than 10,000 faces at FPIR 1e-3).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.errors import ConfigError
+
+MIN_RATE, MAX_RATE = 1e-5, 0.5  # outside this a stranger rate is a typo, not a policy
+
+
+@dataclass(frozen=True)
+class OpenSetThreshold:
+    cosine: float
+    pair_far: float  # the per-comparison false-accept rate it corresponds to
+    faces: int
+    extrapolated: bool  # the pair FAR lies beyond the measured curve
+
+
+class StrangerThresholds:
+    """cosine(rate, faces) for one embedding space, from its pair FAR curve (FAR key -> cosine)."""
+
+    def __init__(self, far_curve: Mapping) -> None:
+        points = sorted(curve_points(far_curve).items())
+        if len(points) < 2:
+            raise ConfigError("open-set thresholds need a far_curve with at least two points in the manifest")
+        fars = np.array([p[0] for p in points])
+        cosines = np.array([p[1] for p in points])
+        if np.any(fars <= 0) or np.any(fars >= 1) or np.any(np.diff(cosines) >= 0):
+            raise ConfigError(f"far_curve must fall strictly in cosine as FAR rises: {dict(far_curve)}")
+        self._log_far = np.log10(fars)  # ascending
+        self._cos = cosines  # descending
+        self.smallest_far = float(fars[0])
+        self.largest_far = float(fars[-1])
+
+    def cosine_at(self, far: float) -> float:
+        """The cosine at one pair FAR inside the measured curve (clamped at its ends)."""
+        return float(np.interp(math.log10(far), self._log_far, self._cos))
+
+    def pair_far(self, rate: float, faces: int) -> float:
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise ConfigError(f"stranger rate {rate} outside {MIN_RATE} .. {MAX_RATE}")
+        n = max(int(faces), 1)
+        return -math.expm1(math.log1p(-rate) / n)  # 1 - (1 - rate) ** (1 / n), exact for tiny rates
+
+    def threshold(self, rate: float, faces: int) -> OpenSetThreshold:
+        far = self.pair_far(rate, faces)
+        x = math.log10(far)
+        if x >= self._log_far[0]:
+            cos = float(np.interp(x, self._log_far, self._cos))
+            return OpenSetThreshold(cos, far, max(int(faces), 1), False)
+        slope = (self._cos[1] - self._cos[0]) / (self._log_far[1] - self._log_far[0])  # per decade, < 0
+        cos = float(self._cos[0] + slope * (x - self._log_far[0]))
+        return OpenSetThreshold(min(cos, 1.0), far, max(int(faces), 1), True)
+
+
+def curve_points(curve: Mapping) -> dict[float, float]:
+    """A manifest `far_curve` ({"far": [...], "cosine": [...]}) or a FAR-key mapping ({"1e-3": cos}) as
+    {far: cosine}."""
+    if "far" in curve and "cosine" in curve:
+        return {float(f): float(c) for f, c in zip(curve["far"], curve["cosine"], strict=True)}
+    return {float(k): float(v) for k, v in curve.items()}
+
+
+def engine_thresholds(engine, overrides: Mapping[str, float] | None = None) -> StrangerThresholds:
+    """The open-set thresholds of the space an engine runs: its manifest `far_curve` joined with its FAR
+    1e-3..1e-6 thresholds; or the operator's `cosine_thresholds` when they override the manifest."""
+    if overrides:
+        return StrangerThresholds(overrides)
+    points = curve_points(engine.thresholds)
+    points.update(curve_points(getattr(engine, "far_curve", None) or {}))
+    return StrangerThresholds(points)
+
+
+class RequiredScore:
+    """The score a match needs right now, for the camera loop: a fixed `min_score`, or the score whose cosine
+    keeps the stranger rate at `rate` for the group's current number of faces (recomputed whenever an
+    enrolment, import, deletion or sync changes it). Safe to call from several recognition threads."""
+
+    def __init__(
+        self,
+        matcher,
+        group_id: str,
+        *,
+        rate: float,
+        min_score: float | None,
+        thresholds: StrangerThresholds | None,
+        log=None,
+    ) -> None:
+        if min_score is None and thresholds is None:
+            raise ConfigError("a stranger rate needs the model space's far_curve, or recognition.min_score")
+        self._matcher, self._group, self._rate = matcher, group_id, rate
+        self._fixed = min_score
+        self._thresholds = thresholds
+        self._log = log
+        self._lock = threading.Lock()
+        self._faces: int | None = None
+        self._score = 100.0
+        self.current: OpenSetThreshold | None = None
+
+    def __call__(self) -> float:
+        if self._fixed is not None:
+            return self._fixed
+        faces = self._matcher.faces(self._group)
+        with self._lock:
+            if faces != self._faces:
+                self._update(faces)
+            return self._score
+
+    def _update(self, faces: int) -> None:
+        found = self._thresholds.threshold(self._rate, faces)
+        self._faces, self.current = faces, found
+        self._score = float(self._matcher.scores.score(found.cosine))
+        if self._log is not None:
+            self._log.info(
+                "group %r: %d face(s), stranger rate %g -> a match needs score %.1f (cosine %.4f, %g per "
+                "comparison%s)",
+                self._group,
+                faces,
+                self._rate,
+                self._score,
+                found.cosine,
+                found.pair_far,
+                "; beyond the measured curve: extrapolated" if found.extrapolated else "",
+            )
