@@ -143,10 +143,10 @@ class FacePlusPlusApi:
             data = form["image_file"]
             if not isinstance(data, bytes):
                 raise ApiError("bad_argument", "image_file must be a multipart file", "image_file")
-            return check_image(data, self.rules, "image_file", limits)
+            return check_image(data, self.rules, "image_file", limits, self.ctx.decodes)
         if form.get("image_base64") not in (None, ""):
             raw = b64decode(form["image_base64"], "image_base64", self.rules.max_bytes * 4 // 3 + 4)
-            return check_image(raw, self.rules, "image_base64", limits)
+            return check_image(raw, self.rules, "image_base64", limits, self.ctx.decodes)
         if form.get("image_url") not in (None, ""):
             raise ApiError("url_unsupported", "image URLs are not fetched by the device", "image_url")
         raise ApiError(

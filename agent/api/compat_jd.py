@@ -31,6 +31,7 @@ from agent.api.common import (
     Response,
     _parse_json_object,
     b64decode,
+    check_header,
     check_image,
     classify,
     get_str,
@@ -196,11 +197,17 @@ class JdApi:
         self._auth(req, form)
         return form
 
-    def _image(self, form: dict[str, Any], name: str, rules: ImageRules) -> Image:
+    def _raw(self, form: dict[str, Any], name: str, rules: ImageRules) -> bytes:
         text = get_str(form, name, required=True, max_len=1 << 30)
         # "Base64 大小小于2MB" for compare is about the text; create/search limit the file (decoded) size.
         max_chars = rules.max_bytes if rules is self.compare_rules else rules.max_bytes * 4 // 3 + 4
-        return check_image(b64decode(text, name, max_chars), rules, name, self.ctx.engine.config.images)
+        return b64decode(text, name, max_chars)
+
+    def _decode(self, raw: bytes, name: str, rules: ImageRules) -> Image:
+        return check_image(raw, rules, name, self.ctx.engine.config.images, self.ctx.decodes)
+
+    def _image(self, form: dict[str, Any], name: str, rules: ImageRules) -> Image:
+        return self._decode(self._raw(form, name, rules), name, rules)
 
     def _group_id(self, form: dict[str, Any], create_default: bool = False) -> str:
         """groupId wins over groupName. Both are optional in JD's documents: without either the configured
@@ -278,10 +285,13 @@ class JdApi:
 
     def face_compare(self, req: Request, p: dict[str, str]) -> Response:
         form = self._form(req, _compare_form)
-        a = self._image(form, "imgBase64A", self.compare_rules)
-        b = self._image(form, "imgBase64B", self.compare_rules)
-        items_a, emb_a = self._face_items(a)
-        items_b, emb_b = self._face_items(b)
+        rules = self.compare_rules
+        raw_a, raw_b = self._raw(form, "imgBase64A", rules), self._raw(form, "imgBase64B", rules)
+        check_header(raw_a, rules, "imgBase64A")  # both images' rules first, in order, as before
+        check_header(raw_b, rules, "imgBase64B")
+        # One decoded image at a time (the pixel budget): A is analysed and freed before B is decoded.
+        items_a, emb_a = self._face_items(self._decode(raw_a, "imgBase64A", rules))
+        items_b, emb_b = self._face_items(self._decode(raw_b, "imgBase64B", rules))
         _, score = self.ctx.matcher.compare(emb_a.vector, emb_b.vector)
         return json_response(
             200,

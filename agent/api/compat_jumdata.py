@@ -125,10 +125,10 @@ class JumdataApi:
         if form.get("file") not in (None, ""):
             if not isinstance(form["file"], bytes):
                 raise ApiError("bad_argument", "file must be a multipart file part", "file")
-            return check_image(form["file"], self.rules, "file", limits)
+            return check_image(form["file"], self.rules, "file", limits, self.ctx.decodes)
         if form.get("base64") not in (None, ""):
             raw = b64decode(form["base64"], "base64", self.rules.max_bytes * 4 // 3 + 4)
-            return check_image(raw, self.rules, "base64", limits)
+            return check_image(raw, self.rules, "base64", limits, self.ctx.decodes)
         if form.get("url") not in (None, ""):
             raise ApiError("url_unsupported", "image URLs are not fetched: the device works offline", "url")
         raise ApiError("missing_argument", "one of file, base64, url is required", "file")

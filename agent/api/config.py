@@ -80,6 +80,13 @@ class ApiConfig(_Strict):
     engine_concurrency: int = Field(2, ge=1, le=64, description="engine calls running at once")
     engine_queue: int = Field(8, ge=0, le=10_000, description="engine calls allowed to wait for a slot")
     engine_wait_s: float = Field(10.0, gt=0, le=600, description="longest wait for an engine slot")
+    decode_pixels: int = Field(
+        3 * 4096 * 4096,
+        ge=1_000_000,
+        le=2_000_000_000,
+        description="pixels of decoded request images alive at once (3 bytes each): a larger burst waits up "
+        "to engine_wait_s, then gets the family's busy answer (docs/api.md, Memory)",
+    )
     compat_image_bytes: int = Field(
         2 * 1024 * 1024, ge=1024, le=100_000_000, description="cloud-compatible image size limit (2 MB)"
     )

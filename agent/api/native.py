@@ -12,6 +12,7 @@ from agent.api.common import (
     Response,
     _parse_json_object,
     b64decode,
+    check_header,
     check_image,
     classify,
     get_choice,
@@ -185,11 +186,15 @@ class NativeApi:
             raise ApiError("bad_argument", f"unknown field(s) {', '.join(unknown)}", unknown[0])
         return body
 
+    def _raw(self, form: dict[str, Any], name: str) -> bytes:
+        text = get_str(form, name, required=True, max_len=1 << 30)
+        return b64decode(text, name, self.rules.max_bytes * 4 // 3 + 1024)
+
+    def _decode(self, raw: bytes, name: str) -> Image:
+        return check_image(raw, self.rules, name, self.ctx.engine.config.images, self.ctx.decodes)
+
     def _image(self, form: dict[str, Any], name: str) -> Image:
-        raw = b64decode(
-            get_str(form, name, required=True, max_len=1 << 30), name, self.rules.max_bytes * 4 // 3 + 1024
-        )
-        return check_image(raw, self.rules, name, self.ctx.engine.config.images)
+        return self._decode(self._raw(form, name), name)
 
     # -- handlers ----------------------------------------------------------------------------------------
 
@@ -332,8 +337,12 @@ class NativeApi:
 
     def compare(self, req: Request, p: dict[str, str]) -> Response:
         form = self._json(req, {"image_a_base64", "image_b_base64"})
-        a, b = self._image(form, "image_a_base64"), self._image(form, "image_b_base64")
-        fa, fb = self.ctx.analyze(a, 1), self.ctx.analyze(b, 1)
+        raw_a, raw_b = self._raw(form, "image_a_base64"), self._raw(form, "image_b_base64")
+        check_header(raw_a, self.rules, "image_a_base64")  # both images' rules first, in order
+        check_header(raw_b, self.rules, "image_b_base64")
+        # One decoded image at a time (the pixel budget): A is analysed and freed before B is decoded.
+        fa = self.ctx.analyze(self._decode(raw_a, "image_a_base64"), 1)
+        fb = self.ctx.analyze(self._decode(raw_b, "image_b_base64"), 1)
         if not fa or not fb:
             raise ApiError(
                 "no_face",

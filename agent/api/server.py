@@ -22,7 +22,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent.api.auth import Authenticator
-from agent.api.common import ApiError, EngineGate, Request, Response, TokenCache, classify, json_response
+from agent.api.common import (
+    ApiError,
+    EngineGate,
+    PixelBudget,
+    Request,
+    Response,
+    TokenCache,
+    classify,
+    json_response,
+)
 from agent.api.compat_faceplusplus import FacePlusPlusApi
 from agent.api.compat_jd import JdApi
 from agent.api.compat_jumdata import JumdataApi
@@ -63,6 +72,7 @@ def build_context(
         auth=Authenticator(config, secrets),
         tokens=TokenCache(config.face_token_cache, config.face_token_ttl_s),
         quality=quality or QualityGate(),
+        decodes=PixelBudget(config.decode_pixels, config.engine_wait_s),
     )
 
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from agent.api.auth import Authenticator
-from agent.api.common import ApiError, EngineGate, TokenCache
+from agent.api.common import ApiError, EngineGate, PixelBudget, TokenCache
 from agent.api.config import ApiConfig
 from agent.gallery import Gallery, Matcher, NewFace, ScoreMap
 from agent.gates.liveness import LivenessReport, evaluate_liveness, passive_liveness
@@ -65,6 +65,7 @@ class ApiContext:
     auth: Authenticator
     tokens: TokenCache
     quality: QualityGate
+    decodes: PixelBudget  # decoded request pixels alive at once, shared by every family
 
     @property
     def model_id(self) -> str:
