@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from agent.app import AgentApp
-from agent.config import load_agent_config
+from agent.config import AgentConfig, load_agent_config
 from agent.gallery import Gallery, GalleryConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,10 +82,25 @@ def test_malformed_config_fails_at_start_with_78(tmp_path: Path) -> None:
     assert proc.returncode == 78 and "not valid YAML" in proc.stderr
 
 
+def load_agent_config_from(data: dict):
+    from agent.config import parse_model
+
+    return parse_model(AgentConfig, data, "example")
+
+
 def test_validate_config_accepts_the_example_and_no_file() -> None:
     example = ROOT / "configs" / "example.yaml"
     cfg = load_agent_config(example, {})
     assert cfg.cameras[0].id == "front-door" and cfg.recognition.max_stranger_rate == 1e-3
+    # Every section, with the commercially shippable default model (issue 15, item 17); api: is commented out
+    # (no API unless asked for), so it must at least be there to uncomment.
+    raw = yaml.safe_load(example.read_text())
+    assert set(AgentConfig.model_fields) - set(raw) == {"api"} and "\n# api:\n" in example.read_text()
+    assert raw["engine"]["embedder"]["model"] == "dlib-resnet-v1"
+    text = example.read_text()
+    block = text[text.index("\n# api:\n") + 1 : text.index("\n\n", text.index("\n# api:\n"))]
+    api = yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))  # the block, uncommented
+    assert load_agent_config_from({**raw, **api}).api.port == 8080
     proc = run_cli("run", "--config", str(example), "--validate-config", timeout=60)
     assert proc.returncode == 0 and "configuration OK" in proc.stdout, proc.stderr
     proc = run_cli(
