@@ -223,6 +223,26 @@ def _bench_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    return run_bench(args)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from agent.cli.evaluate import DEFAULT_DATA
+
+    b = sub.add_parser("bench", help="latency of detection and embedding per runtime and precision")
+    b.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder (photos to time)")
+    b.add_argument("--models", nargs="+", default=None)
+    b.add_argument("--precisions", nargs="+", default=["int8", "fp32"])
+    b.add_argument("--runtimes", nargs="+", default=["openvino", "onnxruntime"])
+    b.add_argument("--detectors", nargs="+", default=["blazeface-full"])
+    b.add_argument("--repeats", type=int, default=200)
+    b.add_argument("--threads", type=int, default=0, help="inference threads (0: runtime default)")
+    b.add_argument("--no-dlib", action="store_true", help="skip the dlib baseline")
+    b.add_argument("--out", type=Path, default=None, help="write results as JSON here")
+    b.set_defaults(func=cmd_bench)
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m agent.cli.bench")
     p.add_argument("kind", choices=["engine", "dlib"])
