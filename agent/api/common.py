@@ -280,17 +280,15 @@ def check_image(
     reserved = budget.acquire(width * height) if budget is not None else 0
     try:
         image = decode_bytes(data, decode_limits)
-    except InputError as exc:
+    except BaseException as exc:
         if budget is not None:
             budget.release(reserved)
+        if not isinstance(exc, InputError):
+            raise
         # The engine's limits (pixel count, smallest side) can be stricter than the vendor's: the image is
         # then too large or too small, not broken.
         code = _DECODE_CODES.get(exc.code, "image_unsupported_format")
         raise ApiError(code, f"{param}: {exc.message}", param) from exc
-    except BaseException:
-        if budget is not None:
-            budget.release(reserved)
-        raise
     if budget is not None:
         weakref.finalize(image.pixels, budget.release, reserved)
     return image

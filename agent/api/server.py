@@ -16,6 +16,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -168,20 +169,23 @@ def _answer_busy(sock: socket.socket, client_ip: str, router: Router) -> None:
     try:
         sock.sendall(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + resp.body)
         sock.shutdown(socket.SHUT_WR)
-        _drain_socket(sock, _DRAIN_LIMIT, time.monotonic() + _BUSY_TIMEOUT_S)
+        _drain(sock.recv, _DRAIN_LIMIT, _BUSY_TIMEOUT_S)
     except OSError:
         pass
 
 
-def _drain_socket(sock: socket.socket, limit: int, deadline: float) -> None:
-    """Read and drop what the client still sends (its body), so closing does not reset the connection
-    before the client has read the answer. Bounded in bytes and time."""
-    left = limit
-    while left > 0 and time.monotonic() < deadline:
-        chunk = sock.recv(min(65536, left))
-        if not chunk:
-            return
-        left -= len(chunk)
+def _drain(read: Callable[[int], bytes], limit: int, seconds: float) -> None:
+    """Read and drop what the client still sends (its body) after an early answer, so closing does not reset
+    the connection before the client has read it. Bounded in bytes and time; a failed read ends it."""
+    left, deadline = limit, time.monotonic() + seconds
+    try:
+        while left > 0 and time.monotonic() < deadline:
+            chunk = read(min(65536, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+    except OSError:
+        pass
 
 
 def _make_handler(router: Router, config: ApiConfig) -> type[BaseHTTPRequestHandler]:
@@ -251,17 +255,8 @@ def _make_handler(router: Router, config: ApiConfig) -> type[BaseHTTPRequestHand
         def _drain(self) -> None:
             """A body refused unread (too large) is still on its way: read and drop it (bounded), so a client
             that sends its whole body before reading (requests, http.client) gets the answer, not a reset."""
-            if not self._unread:
-                return
-            left, deadline = min(self._unread, _DRAIN_LIMIT), time.monotonic() + _DRAIN_S
-            try:
-                while left > 0 and time.monotonic() < deadline:
-                    chunk = self.rfile.read1(min(65536, left))
-                    if not chunk:
-                        return
-                    left -= len(chunk)
-            except OSError:
-                pass
+            if self._unread:
+                _drain(self.rfile.read1, min(self._unread, _DRAIN_LIMIT), _DRAIN_S)
 
         def _read_body(self, family_limit: int | None = None) -> bytes:
             if "transfer-encoding" in {k.lower() for k in self.headers}:

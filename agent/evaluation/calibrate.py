@@ -105,10 +105,15 @@ def dataset_embeddings(
 
 
 def evaluate(
-    engine: FaceEngine, root: Path, cache_dir: Path | None = None, progress: bool = False
+    engine: FaceEngine,
+    root: Path,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+    embeddings: tuple | None = None,
 ) -> EvalResult:
+    """`embeddings`: what `dataset_embeddings` returned, when the caller needs them too (no second pass)."""
     t0 = time.perf_counter()
-    ds, emb, found = dataset_embeddings(engine, root, cache_dir, progress)
+    ds, emb, found = embeddings or dataset_embeddings(engine, root, cache_dir, progress)
     pairs, same = read_pairs(root / "pairsDevTrain.txt", ds)
     acc, std, thr = kfold_accuracy(pair_scores(emb, pairs), same)
     genuine, impostor = all_pair_scores(emb, ds.identities)

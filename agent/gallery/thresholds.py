@@ -67,13 +67,12 @@ class StrangerThresholds:
 
     def threshold(self, rate: float, faces: int) -> OpenSetThreshold:
         far = self.pair_far(rate, faces)
-        x = math.log10(far)
-        if x >= self._log_far[0]:
-            cos = float(np.interp(x, self._log_far, self._cos))
-            return OpenSetThreshold(cos, far, max(int(faces), 1), False)
+        n = max(int(faces), 1)
+        if far >= self.smallest_far:
+            return OpenSetThreshold(self.cosine_at(far), far, n, False)
         slope = (self._cos[1] - self._cos[0]) / (self._log_far[1] - self._log_far[0])  # per decade, < 0
-        cos = float(self._cos[0] + slope * (x - self._log_far[0]))
-        return OpenSetThreshold(min(cos, 1.0), far, max(int(faces), 1), True)
+        cos = float(self._cos[0] + slope * (math.log10(far) - self._log_far[0]))
+        return OpenSetThreshold(min(cos, 1.0), far, n, True)
 
 
 def curve_points(curve: Mapping) -> dict[float, float]:
