@@ -21,6 +21,7 @@ from agent.gates.challenge import ChallengeConfig
 from agent.ops.log import LogConfig
 from agent.ops.metrics_config import MetricsConfig
 from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig
+from agent.sync.config import HubConfig, SyncConfig
 
 
 class Strict(BaseModel):
@@ -346,6 +347,12 @@ class AgentConfig(Strict):
         description="HTTP API (native + cloud-compatible endpoints) served by `run` beside the cameras, "
         "sharing their engine and gallery; absent: no API",
     )
+    hub: HubConfig | None = Field(
+        None, description="serve a change feed of the gallery's groups to devices (needs api); docs/sync.md"
+    )
+    sync: SyncConfig | None = Field(
+        None, description="mirror the groups a hub grants this device into the local gallery; docs/sync.md"
+    )
     stop_timeout_s: float = Field(10.0, gt=0, le=300, description="bound of a clean shutdown")
 
     @model_validator(mode="before")
@@ -369,6 +376,12 @@ class AgentConfig(Strict):
         if isinstance(api, dict) and "replay_store" not in api:  # used signatures survive a restart
             data["api"] = {**api, "replay_store": state / "api-replay.sqlite3"}
         return data
+
+    @model_validator(mode="after")
+    def _hub_needs_api(self) -> AgentConfig:
+        if self.hub is not None and self.api is None:
+            raise ValueError("hub: serves its feed through the HTTP API; add an api: section")
+        return self
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> AgentConfig:

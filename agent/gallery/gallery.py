@@ -2,20 +2,24 @@
 
 Every write takes the gallery-wide mutation lock, commits to SQLite (fsynced), then updates the index, so
 when a write returns its face is durable and searchable, and a deleted face is gone from both.
+
+A page of a hub's feed (mirror.py) is applied under the write side of a view lock that every search holds
+for reading, across the SQLite commit and the index update: a search sees the page entirely or not at all.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 
 from agent.errors import InputError, TransientError
 from agent.gallery.config import GalleryConfig
-from agent.gallery.index import HnswIndex
+from agent.gallery.index import HnswIndex, RWLock
+from agent.gallery.mirror import Changes
 from agent.gallery.store import (
     FaceRecord,
     GalleryStore,
@@ -34,6 +38,7 @@ class Gallery:
         self.config = config
         self.store = GalleryStore(config)
         self._mutation = threading.Lock()
+        self._view = RWLock()
         self._slots = threading.Semaphore(config.max_parallel_builds)
         self._indexes: dict[tuple[str, str], HnswIndex] = {}
         self._stop = threading.Event()
@@ -201,6 +206,32 @@ class Gallery:
                 self._apply(idx, lambda i=idx, lb=labels, v=vectors: i.add(lb, v))
         return records
 
+    def apply_mirror(self, group_id: str, apply: Callable[[], Changes]) -> Changes:
+        """Run one mirror.py transaction (`apply`) and bring the indexes in step, as one step for searches."""
+        with self._writing(), self._view.write(self.config.lock_timeout_s):
+            changes = apply()
+            if changes.group_deleted:
+                for key in [k for k in self._indexes if k[0] == group_id]:
+                    self._indexes.pop(key).discard()
+                for gid in {r.group_id for r in changes.removed} - {group_id}:
+                    for key in [k for k in self._indexes if k[0] == gid]:
+                        self._indexes.pop(key).discard()
+                return changes
+            self._unindex(changes.removed)
+            per_model: dict[str, list[tuple[int, np.ndarray]]] = {}
+            for label, model_id, vec in changes.added:
+                per_model.setdefault(model_id, []).append((label, vec))
+            for model_id, rows in per_model.items():
+                idx = self._indexes.get((group_id, model_id))
+                if idx is None:
+                    idx = self._make_index(group_id, model_id, rows[0][1].shape[0])
+                    idx.start_empty()
+                labels = np.asarray([lb for lb, _ in rows], dtype=np.int64)
+                vectors = np.stack([v for _, v in rows]).astype(np.float32)
+                threads = self.config.build_threads if len(rows) > 64 else 1
+                self._apply(idx, lambda i=idx, lb=labels, v=vectors, t=threads: i.add(lb, v, threads=t))
+        return changes
+
     def delete_face(self, face_id: str) -> None:
         with self._writing():
             self._unindex([self.store.delete_face(face_id)])
@@ -234,12 +265,13 @@ class Gallery:
         cfg = self.config
         if not 1 <= k <= (cfg.max_top_k + cfg.max_query_faces) * cfg.candidate_factor:
             raise InputError("k out of range", code="invalid_top_k")
-        idx = self._indexes.get((group_id, model_id))
-        if idx is None:
-            self.store.get_group(group_id)  # unknown group -> group_not_found; known but empty -> no hits
-            return [[] for _ in queries]
-        labels, sims = idx.search(queries, k)
-        faces = self.store.resolve(np.unique(labels).tolist())
+        with self._view.read(cfg.lock_timeout_s):
+            idx = self._indexes.get((group_id, model_id))
+            if idx is None:
+                self.store.get_group(group_id)  # unknown group -> group_not_found; known but empty -> no hits
+                return [[] for _ in queries]
+            labels, sims = idx.search(queries, k)
+            faces = self.store.resolve(np.unique(labels).tolist())
         return [
             [
                 (faces[lbl], float(s))

@@ -331,12 +331,14 @@ class HnswIndex:
                 code="gallery_full",
             )
 
-    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, labels: np.ndarray, vectors: np.ndarray, threads: int = 1) -> None:
         if self._index is None:
             return  # a load/build is running; its reconcile step picks these faces up from SQLite
         with self._rw.write(self._cfg.lock_timeout_s):
             self._grow(self._index, len(labels))
-            self._index.add_items(np.asarray(vectors, dtype=np.float32), np.asarray(labels), num_threads=1)
+            self._index.add_items(
+                np.asarray(vectors, dtype=np.float32), np.asarray(labels), num_threads=threads
+            )
             self._dirty = True
 
     def remove(self, labels: list[int]) -> None:

@@ -7,6 +7,12 @@ Enrolment is rare next to search, so one fsync per write costs nothing users not
 Privacy: `secure_delete` zeroes deleted rows (embeddings, thumbnails) in the database file, and a TRUNCATE
 checkpoint after each delete drops the old WAL frames that still held them.
 
+Change feed (schema 2): every write to a local group appends its operations to `feed` in the same
+transaction as the data, so the feed and the gallery can never disagree (agent/gallery/feed.py reads it, the
+hub serves it). Feed rows hold only ids: the data is read when the feed is read, so a deleted face's
+embedding does not live on in the feed. Groups mirrored from a hub (`groups.origin` set) are written only by
+agent/gallery/mirror.py; every other write to them is refused (`group_read_only`).
+
 Each face has an integer `label` (AUTOINCREMENT, never reused) that is its id inside the hnswlib index; the
 public id is the opaque `face_id`. Because labels only grow, (count, max label, label sum) of a (group, model)
 changes whenever its set of faces changes, which is how a stale index file is detected.
@@ -14,6 +20,7 @@ changes whenever its set of faces changes, which is how a stale index file is de
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -32,7 +39,7 @@ from agent.gallery.config import GalleryConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_FILENAME = "gallery.sqlite3"
 _MIN_DIM, _MAX_DIM = 16, 4096
 _NORM_TOLERANCE = 1e-2
@@ -64,8 +71,55 @@ def _schema_v1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _schema_v2(conn: sqlite3.Connection) -> None:
+    """Change feed, mirrored groups (edge), device credentials and grants (hub)."""
+    conn.execute("ALTER TABLE groups ADD COLUMN origin TEXT")  # NULL: local; else the hub it mirrors
+    conn.execute("ALTER TABLE persons ADD COLUMN sync_gen INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE faces ADD COLUMN sync_gen INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "CREATE TABLE feed (seq INTEGER PRIMARY KEY AUTOINCREMENT, group_id TEXT NOT NULL,"
+        " op TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX feed_by_group ON feed (group_id, seq)")
+    conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # Existing data predates the feed: an edge can only take it as a snapshot. Record it as one operation
+    # per row so a hub upgraded from schema 1 serves its old faces through the feed too.
+    for (gid,) in conn.execute("SELECT group_id FROM groups ORDER BY created_at").fetchall():
+        _feed_insert(conn, gid, "group_created", gid)
+        for (pid,) in conn.execute("SELECT person_id FROM persons WHERE group_id = ?", (gid,)).fetchall():
+            _feed_insert(conn, gid, "person_updated", pid)
+        for (fid,) in conn.execute(
+            "SELECT face_id FROM faces WHERE group_id = ? ORDER BY label", (gid,)
+        ).fetchall():
+            _feed_insert(conn, gid, "face_added", fid)
+    conn.execute(
+        "CREATE TABLE sync_state (group_id TEXT PRIMARY KEY, hub TEXT NOT NULL, cursor INTEGER NOT NULL,"
+        " snapshot TEXT, generation INTEGER NOT NULL DEFAULT 0, head INTEGER NOT NULL DEFAULT 0,"
+        " caught_up_at REAL, model_id TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE devices (device_id TEXT PRIMARY KEY, secret TEXT NOT NULL, info TEXT NOT NULL,"
+        " created_at REAL NOT NULL, revoked_at REAL)"
+    )
+    conn.execute(
+        "CREATE TABLE grants (device_id TEXT NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,"
+        " group_id TEXT NOT NULL, PRIMARY KEY (device_id, group_id))"
+    )
+
+
+def _feed_insert(conn: sqlite3.Connection, group_id: str, op: str, key: str) -> None:
+    conn.execute(
+        "INSERT INTO feed (group_id, op, key, at) VALUES (?, ?, ?, ?)", (group_id, op, key, time.time())
+    )
+
+
 # Migration hook: MIGRATIONS[v] upgrades a database at version v-1 to version v, inside one transaction.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _schema_v1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _schema_v1, 2: _schema_v2}
+
+# Feed operations (docs/sync.md): the key is the group, person or face id the operation is about.
+GROUP_CREATED, GROUP_UPDATED, GROUP_DELETED = "group_created", "group_updated", "group_deleted"
+PERSON_UPDATED, PERSON_DELETED = "person_updated", "person_deleted"
+FACE_ADDED, FACE_UPDATED, FACE_DELETED = "face_added", "face_updated", "face_deleted"
 
 
 @dataclass(frozen=True)
@@ -74,6 +128,7 @@ class GroupRecord:
     group_name: str | None
     info: str
     created_at: float
+    origin: str | None = None  # the hub a mirrored group comes from; None: a local group
 
 
 @dataclass(frozen=True)
@@ -192,6 +247,46 @@ class GalleryStore:
                 MIGRATIONS[target](conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """The write transaction, for the gallery's own modules (feed.py, mirror.py)."""
+        return self._tx()
+
+    def read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """A point query under the store lock, for the gallery's own modules."""
+        return self._query(sql, params)
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A private read-only connection inside one read transaction: a consistent WAL snapshot that
+        neither holds the store lock nor sees half of a concurrent write."""
+        conn = sqlite3.connect(self.db_path, timeout=self._cfg.busy_timeout_s, isolation_level=None)
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _record(self, conn: sqlite3.Connection, group_id: str, op: str, key: str) -> None:
+        """Append one operation to the change feed, inside the caller's transaction. Mirrored groups are
+        written by mirror.py only and are not in this store's feed (the hub's feed is their source)."""
+        row = conn.execute("SELECT origin FROM groups WHERE group_id = ?", (group_id,)).fetchone()
+        if row is None or row[0] is None:
+            _feed_insert(conn, group_id, op, key)
+
+    @staticmethod
+    def _require_writable(conn: sqlite3.Connection, group_id: str) -> None:
+        row = conn.execute("SELECT origin FROM groups WHERE group_id = ?", (group_id,)).fetchone()
+        if row is None:
+            raise InputError(f"group {group_id!r} not found", code="group_not_found")
+        if row[0] is not None:
+            raise InputError(
+                f"group {group_id!r} is mirrored from the hub {row[0]} and read-only here; "
+                "change it on the hub",
+                code="group_read_only",
+            )
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, committed (and fsynced) before the block's caller gets control back."""
@@ -230,17 +325,45 @@ class GalleryStore:
         rec = GroupRecord(gid, name, check_text(info, "info", limit, allow_empty=True), time.time())
         try:
             with self._tx() as conn:
-                conn.execute("INSERT INTO groups VALUES (?, ?, ?, ?)", (gid, name, rec.info, rec.created_at))
+                conn.execute(
+                    "INSERT INTO groups (group_id, group_name, info, created_at) VALUES (?, ?, ?, ?)",
+                    (gid, name, rec.info, rec.created_at),
+                )
+                _feed_insert(conn, gid, GROUP_CREATED, gid)
         except sqlite3.IntegrityError as exc:
             raise InputError(f"group {gid!r} / {name!r} already exists", code="group_exists") from exc
         return rec
 
+    def update_group(
+        self, group_id: str, group_name: str | None = None, info: str | None = None
+    ) -> GroupRecord:
+        """Rename a group and/or change its info (None keeps the value)."""
+        limit = self._cfg.max_text_chars
+        if group_name is not None:
+            check_text(group_name, "group_name", limit)
+        if info is not None:
+            check_text(info, "info", limit, allow_empty=True)
+        try:
+            with self._tx() as conn:
+                self._require_writable(conn, group_id)
+                conn.execute(
+                    "UPDATE groups SET group_name = COALESCE(?, group_name), info = COALESCE(?, info)"
+                    " WHERE group_id = ?",
+                    (group_name, info, group_id),
+                )
+                self._record(conn, group_id, GROUP_UPDATED, group_id)
+        except sqlite3.IntegrityError as exc:
+            raise InputError(f"group name {group_name!r} is taken", code="group_exists") from exc
+        return self.get_group(group_id)
+
+    _GROUP_SELECT = "SELECT group_id, group_name, info, created_at, origin FROM groups"
+
     def get_group(self, group_id: str | None = None, group_name: str | None = None) -> GroupRecord:
         """By id if given (the id wins over the name, as in JD's API), else by name."""
         if group_id is not None:
-            rows = self._query("SELECT * FROM groups WHERE group_id = ?", (group_id,))
+            rows = self._query(self._GROUP_SELECT + " WHERE group_id = ?", (group_id,))
         elif group_name is not None:
-            rows = self._query("SELECT * FROM groups WHERE group_name = ?", (group_name,))
+            rows = self._query(self._GROUP_SELECT + " WHERE group_name = ?", (group_name,))
         else:
             raise InputError("give a group id or a group name", code="missing_group")
         if not rows:
@@ -248,10 +371,12 @@ class GalleryStore:
         return GroupRecord(*rows[0])
 
     def list_groups(self) -> list[GroupRecord]:
-        return [GroupRecord(*r) for r in self._query("SELECT * FROM groups ORDER BY created_at")]
+        return [GroupRecord(*r) for r in self._query(self._GROUP_SELECT + " ORDER BY created_at")]
 
     def delete_group(self, group_id: str) -> list[RemovedFace]:
         with self._tx() as conn:
+            self._require_writable(conn, group_id)
+            _feed_insert(conn, group_id, GROUP_DELETED, group_id)
             removed = self._removed(
                 conn, "SELECT group_id, model_id, label FROM faces WHERE group_id = ?", group_id
             )
@@ -262,8 +387,10 @@ class GalleryStore:
 
     # -- persons -----------------------------------------------------------------------------------------
 
+    _PERSON_SELECT = "SELECT person_id, group_id, outer_id, user_info, created_at FROM persons"
+
     def _person_row(self, conn: sqlite3.Connection, group_id: str, outer_id: str) -> tuple | None:
-        sql = "SELECT * FROM persons WHERE group_id = ? AND outer_id = ?"
+        sql = self._PERSON_SELECT + " WHERE group_id = ? AND outer_id = ?"
         return conn.execute(sql, (group_id, outer_id)).fetchone()
 
     def _upsert_person(self, conn: sqlite3.Connection, group_id: str, outer_id: str, info: str | None) -> str:
@@ -271,12 +398,15 @@ class GalleryStore:
         if row is None:
             pid = new_id()
             conn.execute(
-                "INSERT INTO persons VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO persons (person_id, group_id, outer_id, user_info, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
                 (pid, group_id, outer_id, info or "", time.time()),
             )
+            self._record(conn, group_id, PERSON_UPDATED, pid)
             return pid
         if info is not None and info != row[3]:
             conn.execute("UPDATE persons SET user_info = ? WHERE person_id = ?", (info, row[0]))
+            self._record(conn, group_id, PERSON_UPDATED, str(row[0]))
         return str(row[0])
 
     def upsert_person(self, group_id: str, outer_id: str, user_info: str | None = None) -> PersonRecord:
@@ -285,7 +415,7 @@ class GalleryStore:
         if user_info is not None:
             check_text(user_info, "user_info", limit, allow_empty=True)
         with self._tx() as conn:
-            self._require_group(conn, group_id)
+            self._require_writable(conn, group_id)
             self._upsert_person(conn, group_id, outer_id, user_info)
             return PersonRecord(*self._person_row(conn, group_id, outer_id))
 
@@ -297,11 +427,12 @@ class GalleryStore:
         return PersonRecord(*row)
 
     def list_persons(self, group_id: str) -> list[PersonRecord]:
-        sql = "SELECT * FROM persons WHERE group_id = ? ORDER BY created_at"
+        sql = self._PERSON_SELECT + " WHERE group_id = ? ORDER BY created_at"
         return [PersonRecord(*r) for r in self._query(sql, (group_id,))]
 
     def delete_person(self, group_id: str, outer_id: str) -> list[RemovedFace]:
         with self._tx() as conn:
+            self._require_writable(conn, group_id)
             row = self._person_row(conn, group_id, outer_id)
             if row is None:
                 raise InputError(
@@ -311,17 +442,13 @@ class GalleryStore:
                 conn, "SELECT group_id, model_id, label FROM faces WHERE person_id = ?", row[0]
             )
             conn.execute("DELETE FROM persons WHERE person_id = ?", (row[0],))
+            self._record(conn, group_id, PERSON_DELETED, str(row[0]))
         self._scrub_wal()
         return removed
 
     @staticmethod
     def _removed(conn: sqlite3.Connection, sql: str, key: str) -> list[RemovedFace]:
         return [RemovedFace(g, m, int(lbl)) for g, m, lbl in conn.execute(sql, (key,)).fetchall()]
-
-    @staticmethod
-    def _require_group(conn: sqlite3.Connection, group_id: str) -> None:
-        if conn.execute("SELECT 1 FROM groups WHERE group_id = ?", (group_id,)).fetchone() is None:
-            raise InputError(f"group {group_id!r} not found", code="group_not_found")
 
     # -- faces -------------------------------------------------------------------------------------------
 
@@ -351,9 +478,10 @@ class GalleryStore:
         vectors = [self._check_face(f) for f in faces]
         out: list[FaceRecord] = []
         with self._tx() as conn:
-            self._require_group(conn, group_id)
+            self._require_writable(conn, group_id)
             for face, vec in zip(faces, vectors, strict=True):
                 out.append(self._insert_face(conn, group_id, face, vec))
+                self._record(conn, group_id, FACE_ADDED, out[-1].face_id)
         return out
 
     def _insert_face(
@@ -437,7 +565,9 @@ class GalleryStore:
             ).fetchone()
             if row is None:
                 raise InputError(f"face {face_id!r} not found", code="face_not_found")
+            self._require_writable(conn, row[0])
             conn.execute("DELETE FROM faces WHERE face_id = ?", (face_id,))
+            self._record(conn, row[0], FACE_DELETED, face_id)
         self._scrub_wal()
         return RemovedFace(row[0], row[1], int(row[2]))
 
@@ -480,6 +610,9 @@ class GalleryStore:
                     "UPDATE faces SET model_id = ?, dim = ?, embedding = ? WHERE face_id = ?",
                     (model_id, int(v.shape[0]), v.astype("<f4").tobytes(), fid),
                 )
+                row = conn.execute("SELECT group_id FROM faces WHERE face_id = ?", (fid,)).fetchone()
+                if row is not None:
+                    self._record(conn, row[0], FACE_UPDATED, fid)
         self._scrub_wal()
         return len(checked)
 
@@ -526,10 +659,7 @@ class GalleryStore:
     def iter_vectors(self, group_id: str, model_id: str, dim: int, batch: int = 20_000) -> Iterator[tuple]:
         """Stream (labels, vectors) of one (group, model) from a private read connection (a WAL snapshot),
         so a long index build neither holds the store lock nor sees half of a concurrent write."""
-        conn = sqlite3.connect(self.db_path, timeout=self._cfg.busy_timeout_s, isolation_level=None)
-        try:
-            conn.execute("PRAGMA query_only=ON")
-            conn.execute("BEGIN")
+        with self.reader() as conn:
             cur = conn.execute(
                 "SELECT label, embedding FROM faces WHERE group_id = ? AND model_id = ? ORDER BY label",
                 (group_id, model_id),
@@ -539,9 +669,6 @@ class GalleryStore:
                     np.asarray([r[0] for r in rows], dtype=np.int64),
                     _blobs_to_matrix([r[1] for r in rows], dim),
                 )
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
 
 
 def _blobs_to_matrix(blobs: Sequence[bytes], dim: int) -> np.ndarray:
