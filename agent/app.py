@@ -72,6 +72,9 @@ class AgentApp:
         self.cameras: list[CaptureWorker] = []
         self.pipeline: RecognitionPipeline | None = None
         self.api = None  # agent.api.server.ApiServer when cfg.api is set
+        self.hub = None  # agent.sync.hub.HubService when cfg.hub is set (needs cfg.api)
+        self.syncer = None  # agent.sync.edge.EdgeSyncer when cfg.sync is set
+        self._listener = None  # its MQTT announcement listener
         self._beats: list[Heartbeat] = []
         self._wake = threading.Event()
         self.lock = StateLock(cfg.state_dir, "run")
@@ -115,6 +118,8 @@ class AgentApp:
         if cfg.publish.mqtt is not None:
             self.metrics.track_outbox(lambda: self.sink.stats()["outbox"]["depth"])
         self._publish_gallery_version()
+        if cfg.sync is not None:
+            self._start_sync(cfg)
         if cfg.api is not None:
             self._start_api(cfg)
         self._start_cameras(cfg)
@@ -168,13 +173,62 @@ class AgentApp:
             if cfg.api.score_thresholds
             else cfg.api.model_copy(update={"score_thresholds": thresholds})
         )
+        families = []
+        if cfg.hub is not None:  # this device is also the hub of its groups (docs/sync.md)
+            from agent.sync.hub import HubService
+
+            self.hub = HubService(cfg.hub, self.gallery, api_cfg)
+            families.append(self.hub.family)
         try:
-            self.api = ApiServer(api_cfg, build_context(api_cfg, self.engine, self.gallery)).start()
+            ctx = build_context(api_cfg, self.engine, self.gallery)
+            self.api = ApiServer(api_cfg, ctx, families).start()
         except OSError as exc:
+            if self.hub is not None:
+                self.hub.stop()
+                self.hub = None
             raise FatalError(
                 f"cannot listen on {api_cfg.host}:{api_cfg.port}: {exc}; set another api.port in the config"
             ) from exc
+        if self.hub is not None:
+            self.hub.start()
+            self.hub.register_metrics(self.registry)
         log.info("HTTP API on %s", self.api.url)
+
+    def _stop_api(self, timeout: float) -> None:
+        if self.api is not None:
+            self.api.stop(timeout)
+        if self.hub is not None:
+            self.hub.stop(timeout)
+            self.hub = None
+
+    def _start_sync(self, cfg: AgentConfig) -> None:
+        """Mirror the hub's granted groups into the gallery (docs/sync.md); pulls at once, then on every
+        interval or announcement. Recognition does not wait for it: stale mirrors grant no access."""
+        from agent.sync.client import HubClient, read_secret
+        from agent.sync.edge import EdgeSyncer, engine_reembedder
+        from agent.sync.listen import AnnouncementListener
+
+        scfg = cfg.sync
+        assert scfg is not None
+        secret = read_secret(scfg, self.environ.get("CREDENTIALS_DIRECTORY"))
+        client = HubClient(scfg, secret)
+        engine = self.engine
+        self.syncer = EdgeSyncer(scfg, self.gallery, engine.model_id, client, engine_reembedder(engine))
+        self.syncer.start()
+        self.metrics.track_sync(self.syncer.status)
+        if scfg.announcements and cfg.publish.mqtt is not None:
+            self._listener = AnnouncementListener(
+                cfg.publish.mqtt, scfg.announce_prefix, f"{scfg.device_id}-sync", self.syncer.announced
+            ).start()
+        log.info("syncing groups from %s as device %s", client.hub, scfg.device_id)
+
+    def _stop_sync(self, timeout: float) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        if self.syncer is not None:
+            self.syncer.stop(timeout)
+            self.syncer = None
 
     def _publish_gallery_version(self) -> None:
         """Retained gallery version of the recognition group and model: face count, newest face label and
@@ -216,6 +270,7 @@ class AgentApp:
             snapshots=cfg.publish.snapshots and cfg.publish.mqtt is not None,
             metrics=self.metrics,
             heartbeat=self._beat,
+            stale=self.syncer.is_stale if self.syncer is not None else None,
         )
         self.metrics.track_queue("events", lambda p=self.pipeline: p.dispatcher.depth)
         self.pipeline.start()
@@ -236,7 +291,12 @@ class AgentApp:
         cams = ", ".join(f"{k} {v['state']} {v['fps']} fps" for k, v in stats["cameras"].items())
         ev = stats["events"]
         faces = self._gallery_faces()
-        return f"{cams}; gallery {faces} faces; events {ev['published']} (dropped {ev['dropped']})"
+        text = f"{cams}; gallery {faces} faces; events {ev['published']} (dropped {ev['dropped']})"
+        if self.syncer is not None:
+            s = self.syncer.status()
+            lag = "never" if s["lag_s"] is None else f"{s['lag_s']:.0f} s ago"
+            text += f"; sync {s['state']}, last {lag}, {s['ops_behind']} ops behind"
+        return text
 
     def _gallery_faces(self) -> int:
         """Faces of the recognition group and model (also exported as face_agent_gallery_size)."""
@@ -245,7 +305,10 @@ class AgentApp:
         return faces
 
     def _stats(self) -> dict[str, object]:
-        return {} if self.pipeline is None else self.pipeline.stats()
+        stats: dict[str, object] = {} if self.pipeline is None else dict(self.pipeline.stats())
+        if self.syncer is not None:
+            stats["sync"] = self.syncer.status()
+        return stats
 
     def reload(self) -> None:
         """SIGHUP: re-read the config and the gallery (faces enrolled by another process, e.g. `face-agent
@@ -268,16 +331,18 @@ class AgentApp:
         if new.log != self.cfg.log:
             setup_logging(new.log, self.environ)
         self._stop_cameras(self.cfg.stop_timeout_s)
-        if self.api is not None:
-            self.api.stop(self.cfg.stop_timeout_s)
+        self._stop_api(self.cfg.stop_timeout_s)
         self.cfg = self.cfg.model_copy(
             update={"cameras": new.cameras, "recognition": new.recognition, "log": new.log}
         )
         self.readiness.set("gallery_loaded", False, "reloading")
+        self._stop_sync(self.cfg.stop_timeout_s)  # it holds the gallery being reopened
         self.gallery.close(self.cfg.stop_timeout_s)
         self.gallery, self.matcher = self._open_gallery()
         self.readiness.set("gallery_loaded", True, self.cfg.recognition.group_id)
         self._publish_gallery_version()
+        if self.cfg.sync is not None:
+            self._start_sync(self.cfg)
         if self.cfg.api is not None:
             self._start_api(self.cfg)
         self._start_cameras(self.cfg)
@@ -318,9 +383,9 @@ class AgentApp:
         timeout = self.cfg.stop_timeout_s
         if self.status is not None:
             self.status.stop()
-        if self.api is not None:
-            self.api.stop(timeout)
+        self._stop_api(timeout)
         self._stop_cameras(timeout)
+        self._stop_sync(timeout)
         for name, part in (("sink", self.sink), ("gallery", self.gallery)):
             if part is not None:
                 try:

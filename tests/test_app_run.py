@@ -20,6 +20,7 @@ import yaml
 from agent.app import AgentApp
 from agent.config import AgentConfig, load_agent_config
 from agent.gallery import Gallery, GalleryConfig
+from agent.sync.config import HubConfig, SyncConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 FR = "faces/face_recognition/examples"
@@ -95,12 +96,21 @@ def test_validate_config_accepts_the_example_and_no_file() -> None:
     # Every section, with the commercially shippable default model (issue 15, item 17); api: is commented out
     # (no API unless asked for), so it must at least be there to uncomment.
     raw = yaml.safe_load(example.read_text())
-    assert set(AgentConfig.model_fields) - set(raw) == {"api"} and "\n# api:\n" in example.read_text()
+    commented = {"api", "hub", "sync"}  # the HTTP API and gallery sync are opt-in
+    assert set(AgentConfig.model_fields) - set(raw) == commented
+    assert all(f"\n# {name}:\n" in example.read_text() for name in commented)
     assert raw["engine"]["embedder"]["model"] == "dlib-resnet-v1"
     text = example.read_text()
     block = text[text.index("\n# api:\n") + 1 : text.index("\n\n", text.index("\n# api:\n"))]
     api = yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))  # the block, uncommented
     assert load_agent_config_from({**raw, **api}).api.port == 8080
+    for name in ("sync", "hub"):
+        start = text.index(f"\n# {name}:\n") + 1
+        block = text[start : text.index("\n\n", start)]
+        section = yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))
+        model = {"sync": SyncConfig, "hub": HubConfig}[name]
+        assert model.model_validate(section[name])  # the block is valid once uncommented
+
     proc = run_cli("run", "--config", str(example), "--validate-config", timeout=60)
     assert proc.returncode == 0 and "configuration OK" in proc.stdout, proc.stderr
     proc = run_cli(

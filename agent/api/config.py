@@ -123,12 +123,28 @@ class ApiConfig(_Strict):
         "manifest has no calibration yet)",
     )
 
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate (chain) to serve HTTPS with; with tls_key_file. Unset: plain HTTP",
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+
     @model_validator(mode="after")
     def _unique_keys(self) -> ApiConfig:
         keys = [c.key for c in self.credentials]
         if len(keys) != len(set(keys)):
             raise ValueError("credential keys must be unique")
         return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("api.tls_cert_file and api.tls_key_file go together: set both or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
 
 def load_secrets(config: ApiConfig, credentials_dir: str | None = None) -> dict[str, str]:

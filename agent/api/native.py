@@ -22,6 +22,7 @@ from agent.api.common import (
 )
 from agent.api.routes import Route, route
 from agent.api.service import LEVELS, ApiContext
+from agent.errors import InputError
 from agent.gallery import Candidate
 from agent.gallery.store import FaceRecord, GroupRecord, PersonRecord
 from agent.gates.liveness import LivenessReport
@@ -55,6 +56,7 @@ STATUS = {
     "face_token_not_found": 404,
     "method_not_allowed": 405,
     "group_exists": 409,
+    "group_read_only": 409,  # a group mirrored from a hub (docs/sync.md): change it on the hub
     "length_required": 411,
     "body_too_large": 413,
     "image_file_too_large": 413,
@@ -65,6 +67,9 @@ STATUS = {
     "engine_timeout": 504,
     "internal": 500,
 }
+
+# Gallery codes the native API passes on as they are (the compatible families map them to their own).
+_NATIVE_CODES = {"group_read_only", "group_conflict"}
 
 
 def box_json(face: Face) -> dict[str, float]:
@@ -166,6 +171,8 @@ class NativeApi:
 
     def error(self, exc: Exception, req: Request) -> Response:
         code, message, param = classify(exc)
+        if isinstance(exc, InputError) and exc.code in _NATIVE_CODES:  # the native API names them itself
+            code, param = exc.code, ""
         status = STATUS.get(code, 400 if code.startswith("invalid") else 500)
         err: dict[str, Any] = {"code": code, "message": message}
         if param:

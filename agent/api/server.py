@@ -2,6 +2,9 @@
 
 Stdlib only (http.server). Limits, in the order a request meets them:
 - at most `max_handlers` connections are served at once; one more is answered 503 and closed at once;
+- with `tls_cert_file` / `tls_key_file`, HTTPS: the TLS handshake runs in the connection's own thread under
+  `socket_timeout_s`, never on the accept thread, so a client that connects and says nothing holds one
+  handler slot for that long, not the whole server;
 - every socket read/write has `socket_timeout_s`, so a slow or silent client cannot hold a handler;
 - the body size comes from Content-Length and is refused (413, the family's format) before it is read;
   chunked bodies are refused (411) because their size is unknown up front;
@@ -14,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -77,9 +81,31 @@ def build_context(
     )
 
 
-def build_router(ctx: ApiContext) -> Router:
+def build_router(ctx: ApiContext, extra: Sequence[Family] = ()) -> Router:
+    """The API families, after `extra` ones given by higher layers (the hub's /v1/sync family): agent.api
+    never imports them, they come in through this argument."""
     native = NativeApi(ctx)
-    return Router([JdApi(ctx), FacePlusPlusApi(ctx), JumdataApi(ctx), native], native)
+    return Router([*extra, JdApi(ctx), FacePlusPlusApi(ctx), JumdataApi(ctx), native], native)
+
+
+def tls_context(config: ApiConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from api.tls_cert_file / tls_key_file (None: plain HTTP); a certificate or
+    key that cannot be loaded is a ConfigError at start-up."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"api.tls_cert_file {config.tls_cert_file} / api.tls_key_file {config.tls_key_file}: {exc}"
+        ) from exc
+    return ctx
+
+
+class _HandshakeFailed(Exception):
+    """The client did not complete a TLS handshake in time (or spoke something else): close, no answer."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -87,12 +113,38 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], handler: type, max_handlers: int, router: Router) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type,
+        max_handlers: int,
+        router: Router,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout_s: float = 10.0,
+    ) -> None:
         self._slots = threading.BoundedSemaphore(max_handlers)
         self._refusers = threading.BoundedSemaphore(_REFUSERS)
         self._router = router
+        self._tls = tls
+        self._handshake_timeout_s = handshake_timeout_s
         self.refused = 0
+        self.handshake_failures = 0
         super().__init__(address, handler)
+
+    def _secure(self, sock: socket.socket, timeout_s: float) -> socket.socket:
+        """The connection with TLS set up (plain HTTP: as it is). Runs in the connection's thread."""
+        if self._tls is None:
+            return sock
+        sock.settimeout(timeout_s)
+        wrapped = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            wrapped.do_handshake()
+        except OSError as exc:  # ssl.SSLError and socket timeouts are OSErrors
+            self.handshake_failures += 1
+            log.debug("TLS handshake failed: %s", exc)
+            wrapped.close()
+            raise _HandshakeFailed from exc
+        return wrapped
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -115,20 +167,28 @@ class _Server(ThreadingHTTPServer):
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         # socketserver's own version, with the slot freed before the socket closes: a client that sees the
         # close and connects again at once must find the slot free (it raced with the release before).
+        conn = request
         try:
-            self.finish_request(request, client_address)
+            conn = self._secure(request, self._handshake_timeout_s)
+            self.finish_request(conn, client_address)
+        except _HandshakeFailed:
+            pass
         except Exception:
-            self.handle_error(request, client_address)
+            self.handle_error(conn, client_address)
         finally:
             self._slots.release()
-            self.shutdown_request(request)
+            self.shutdown_request(conn)
 
     def _refuse(self, sock: socket.socket, client_address: Any) -> None:
+        conn = sock
         try:
-            _answer_busy(sock, str(client_address[0]), self._router)
+            conn = self._secure(sock, _BUSY_TIMEOUT_S)
+            _answer_busy(conn, str(client_address[0]), self._router)
+        except _HandshakeFailed:
+            pass
         finally:
             self._refusers.release()
-            self.shutdown_request(sock)
+            self.shutdown_request(conn)
 
 
 _REFUSERS = 8  # connections answered "busy" at once, each for at most _BUSY_TIMEOUT_S
@@ -325,12 +385,20 @@ def _failure(family: Family, exc: Exception, req: Request) -> Response:
 class ApiServer:
     """The HTTP API on one port. `start()` binds and serves in a thread; `stop()` shuts it down."""
 
-    def __init__(self, config: ApiConfig, ctx: ApiContext) -> None:
+    def __init__(self, config: ApiConfig, ctx: ApiContext, families: Sequence[Family] = ()) -> None:
+        """`families`: more API families served beside the built-in ones (the hub's /v1/sync); their owner
+        closes what they hold after `stop()`."""
         self.config = config
         self.ctx = ctx
-        self.router = build_router(ctx)
+        self.router = build_router(ctx, families)
+        tls = tls_context(config)
         self._httpd = _Server(
-            (config.host, config.port), _make_handler(self.router, config), config.max_handlers, self.router
+            (config.host, config.port),
+            _make_handler(self.router, config),
+            config.max_handlers,
+            self.router,
+            tls,
+            config.socket_timeout_s,
         )
         self._thread: threading.Thread | None = None
 
@@ -341,7 +409,7 @@ class ApiServer:
     @property
     def url(self) -> str:
         host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.config.tls else 'http'}://{host}:{self.port}"
 
     @property
     def refused_connections(self) -> int:

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import stat
 import threading
 from collections.abc import Callable, Sequence
@@ -518,6 +519,43 @@ def check_state_permissions(state_dir: Path, uid: int | None = None) -> Check:
     return Check("state-permissions", "OK", f"{state_dir} is 0700 and private to uid {uid}")
 
 
+# -- hub feed ------------------------------------------------------------------------------------------------
+
+
+def check_feed(gallery: GalleryConfig) -> Check:
+    """The hub's change feed: size, oldest kept operation, head, floor and devices, read through a read-only
+    connection (doctor must not migrate or create a database). The same numbers are face_agent_hub_feed_*
+    on `run`'s /metrics; `serve` has no metrics endpoint."""
+    from agent.gallery.store import DB_FILENAME
+
+    path = gallery.path / DB_FILENAME
+    if not path.exists():
+        return Check("feed", "WARN", f"no gallery database at {path} yet", "start serve / run once")
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=2.0)
+        try:
+            n, lo, hi = conn.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM feed").fetchone()
+            row = conn.execute("SELECT value FROM meta WHERE name = 'feed_floor'").fetchone()
+            devices, revoked = conn.execute("SELECT COUNT(*), COUNT(revoked_at) FROM devices").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return Check(
+            "feed",
+            "FAIL",
+            f"cannot read the feed in {path}: {exc}",
+            "a gallery of schema 1 gets its feed when serve / run opens it; otherwise check the file",
+        )
+    low = int(row[0]) if row else 0
+    msg = (
+        f"{n} operation(s), oldest {int(lo or 0)}, head {max(int(hi or 0), low)}, floor {low}; "
+        f"{devices} device(s), {revoked} revoked"
+    )
+    if devices - revoked == 0:
+        return Check("feed", "WARN", msg, "no device can pull yet: face-agent hub devices add ID --group G")
+    return Check("feed", "OK", msg)
+
+
 # -- running everything --------------------------------------------------------------------------------------
 
 
@@ -531,6 +569,7 @@ class DoctorTargets:
     hub: tuple[str, int] | None
     camera_devices: list[str] | None  # None: probe every /dev/video*
     gallery: GalleryConfig | None = None
+    hub_feed: bool = False  # the config has a hub: section: report its change feed
 
 
 def run_checks(
@@ -560,6 +599,8 @@ def run_checks(
     if targets.hub is not None:
         fix = "check the hub URL, DNS (getent hosts HOST), the uplink and any proxy / firewall"
         checks.append(check_tcp("hub", *targets.hub, cfg.timeout_s, fix))
+    if targets.hub_feed and targets.gallery is not None:
+        checks.append(check_feed(targets.gallery))
     checks.append(check_disk(targets.state_dir, cfg.min_free_mb, cfg.warn_free_mb))
     checks.append(check_clock())
     checks.append(check_state_permissions(targets.state_dir))
@@ -619,11 +660,13 @@ def resolve_targets(
     mqtt = agent_cfg.publish.mqtt
     broker = parse_host_port(cfg.broker, 1883) if cfg.broker else (mqtt.host, mqtt.port) if mqtt else None
     devices = [c.source for c in agent_cfg.cameras if c.resolved_kind == "device"] if config_path else None
+    hub_url = cfg.hub_url or (agent_cfg.sync.hub_url if agent_cfg.sync is not None else None)
     targets = DoctorTargets(
         engine=engine,
         state_dir=state_dir or agent_cfg.state_dir,
         broker=broker,
-        hub=hub_address(cfg.hub_url) if cfg.hub_url else None,
+        hub=hub_address(hub_url) if hub_url else None,
+        hub_feed=agent_cfg.hub is not None,
         camera_devices=devices,
         # --state-dir moves the gallery with it, as it does for `run` (unless the config names a path).
         gallery=agent_cfg.gallery

@@ -16,14 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"face-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    from agent.cli import bench, detect, doctor, erase, evaluate, run
+    from agent.cli import bench, detect, doctor, erase, evaluate, run, sync
 
-    for command in (run, detect, evaluate, bench):
+    for command in (run, sync, detect, evaluate, bench):
         command.add_parser(sub)
     doctor.add_parser(sub)  # install checks; erase: complete erasure of one person
     erase.add_parser(sub)
 
-    from agent.cli.tools import add_tool_commands  # enroll, gallery, serve (issue 4); handlers import lazily
+    from agent.cli.tools import add_tool_commands  # enroll, gallery, serve, hub; handlers import lazily
 
     add_tool_commands(sub)
     return p
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that create or write the state dir (gallery embeddings and thumbnails, the event outbox). They run
 # with umask 077, as the systemd unit does (UMask=0077), so a quick start from a shell creates biometric state
 # 0700 / 0600 too, not 0755 / 0644 (which `doctor` then rightly FAILs).
-_WRITES_STATE = {"run", "serve", "enroll", "gallery", "erase"}
+_WRITES_STATE = {"run", "sync", "serve", "enroll", "gallery", "erase", "hub"}
 
 
 def main(argv: list[str] | None = None) -> int:

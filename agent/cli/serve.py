@@ -4,8 +4,12 @@
 from the same YAML file as `face-agent run`; the sections only `run` uses (cameras, recognition, publish,
 metrics) may be present and are ignored here, anything else unknown is an error.
 
-Start order: logging -> engine (warm-up) -> gallery (indexes loaded) -> API context (FAR thresholds) -> HTTP
-server -> READY=1. Stop (SIGTERM/SIGINT): STOPPING=1 -> HTTP server -> gallery (indexes saved) -> exit 0.
+With a `hub:` section the same server also answers the devices' /v1/sync feed (docs/sync.md), compacts the
+feed and announces group changes over MQTT (agent/sync/hub.py).
+
+Start order: logging -> engine (warm-up) -> gallery (indexes loaded) -> API context (FAR thresholds) -> hub
+-> HTTP server -> hub threads -> READY=1. Stop (SIGTERM/SIGINT): STOPPING=1 -> HTTP server -> hub -> gallery
+(indexes saved) -> exit 0.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from agent.config import EngineConfig, default_state_dir, parse_model, read_yaml
 from agent.errors import ConfigError, FatalError
 from agent.gallery.config import GalleryConfig
 from agent.ops.log import LogConfig
+from agent.sync.config import HubConfig
 
 log = logging.getLogger("agent.serve")
 
 # Top-level sections of the shared YAML file that belong to `face-agent run` only.
-RUN_ONLY_SECTIONS = frozenset({"cameras", "recognition", "publish", "metrics"})
+RUN_ONLY_SECTIONS = frozenset({"cameras", "recognition", "publish", "metrics", "sync"})
 
 
 class ServeConfig(BaseModel):
@@ -42,6 +47,9 @@ class ServeConfig(BaseModel):
     gallery: GalleryConfig = Field(description="local gallery; path defaults to <state_dir>/gallery")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API: address, credentials, bounds")
     log: LogConfig = Field(default_factory=LogConfig, description="log level and format")
+    hub: HubConfig | None = Field(
+        None, description="also serve a change feed of the groups to devices (docs/sync.md)"
+    )
     stop_timeout_s: float = Field(10.0, gt=0, le=300, description="bound of each step of a clean shutdown")
 
     @model_validator(mode="before")
@@ -57,6 +65,17 @@ class ServeConfig(BaseModel):
             if isinstance(api, dict) and "replay_store" not in api:
                 data = {**data, "api": {**api, "replay_store": state / "api-replay.sqlite3"}}
         return data
+
+    @model_validator(mode="after")
+    def _hub_transport(self) -> ServeConfig:
+        if self.hub is not None:
+            from agent.sync.hub import check_transport
+
+            try:
+                check_transport(self.hub, self.api)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from exc
+        return self
 
 
 def _set(tree: dict[str, Any], dotted: str, value: object) -> None:
@@ -128,6 +147,7 @@ def _serve(
     from agent.api import ApiServer, build_context
     from agent.gallery.variants import open_gallery
     from agent.inference.engine import FaceEngine
+    from agent.sync.hub import HubService
 
     if not cfg.api.credentials and not cfg.api.allow_unauthenticated_loopback:
         log.warning(
@@ -144,14 +164,19 @@ def _serve(
         source = "api.score_thresholds" if cfg.api.score_thresholds else "model manifest"
         cosines = cfg.api.score_thresholds or engine.thresholds
         log.info("FAR thresholds of %s from the %s: cosine %s", engine.model_id, source, dict(cosines))
+        hub = HubService(cfg.hub, gallery, cfg.api) if cfg.hub is not None else None
         try:
-            server = ApiServer(cfg.api, ctx).start()
+            server = ApiServer(cfg.api, ctx, [hub.family] if hub is not None else []).start()
         except OSError as exc:  # port taken, address not on this host: fatal, said plainly
+            if hub is not None:
+                hub.stop(cfg.stop_timeout_s)
             raise FatalError(
                 f"cannot listen on {cfg.api.host}:{cfg.api.port}: {exc}; choose another port with --port or "
                 "api.port in the config"
             ) from exc
         try:
+            if hub is not None:
+                hub.start()
             if on_ready is not None:
                 on_ready(server.url)
             notifier.notify("READY=1", f"STATUS=serving {engine.model_id} on {server.url}")
@@ -164,15 +189,25 @@ def _serve(
             log.info("stopping")
         finally:
             server.stop(cfg.stop_timeout_s)
+            if hub is not None:
+                hub.stop(cfg.stop_timeout_s)
     finally:
         gallery.close(cfg.stop_timeout_s)
 
 
 def _answers(url: str, timeout: float) -> bool:
+    """Whether our own server answers its health route. Over HTTPS the certificate is not checked: this
+    probes liveness of the process itself (the certificate names the host clients use, not 127.0.0.1)."""
+    import ssl
     import urllib.request
 
+    ctx = None
+    if url.startswith("https://"):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:
             return resp.status == 200
     except OSError:
         return False

@@ -1,5 +1,5 @@
-"""Sub-commands `enroll`, `gallery` and `serve` of `face-agent`. Only argparse here: each handler imports
-its module when it runs, so `face-agent --help` stays fast."""
+"""Sub-commands `enroll`, `gallery`, `serve` and `hub` of `face-agent`. Only argparse here: each handler
+imports its module when it runs, so `face-agent --help` stays fast."""
 
 from __future__ import annotations
 
@@ -48,8 +48,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_main(args)
 
 
+def cmd_hub(args: argparse.Namespace) -> int:
+    from agent.cli.hub import hub_main
+
+    return hub_main(args)
+
+
+def _hub_commands(sub: Any) -> None:
+    """`hub devices add|list|grant|ungrant|revoke`, `hub feed`, `hub compact` (docs/sync.md, Devices)."""
+    h = sub.add_parser("hub", help="devices allowed to pull this hub's groups, and its change feed")
+    hsub = h.add_subparsers(dest="action", required=True)
+    d = hsub.add_parser("devices", help="add, list, grant, ungrant or revoke devices")
+    dsub = d.add_subparsers(dest="devices_action", required=True)
+    da = dsub.add_parser("add", help="new device; prints its secret once (or writes --secret-file)")
+    da.add_argument("device_id", help="1..128 of [0-9A-Za-z_.-], the edge's sync.device_id")
+    da.add_argument("--group", action="append", default=None, help="grant this group (repeatable)")
+    da.add_argument("--info", default="", help="free text: where the device is, who owns it")
+    da.add_argument("--secret-file", type=Path, default=None, help="write the secret here (mode 0600)")
+    dl = dsub.add_parser("list", help="devices, state and grants (never secrets)")
+    dl.add_argument("--json", action="store_true")
+    dg = dsub.add_parser("grant", help="let a device mirror a group")
+    du = dsub.add_parser("ungrant", help="take a group back (the device erases its mirror)")
+    for p in (dg, du):
+        p.add_argument("device_id")
+        p.add_argument("--group", action="append", required=True, help="group id (repeatable)")
+    dr = dsub.add_parser("revoke", help="refuse a device for good (it erases what it mirrors)")
+    dr.add_argument("device_id")
+    hf = hsub.add_parser("feed", help="change feed size: operations, oldest, head, floor")
+    hf.add_argument("--json", action="store_true")
+    hc = hsub.add_parser("compact", help="drop feed operations past hub.feed_keep_ops / feed_keep_days now")
+    for p in (da, dl, dg, du, dr, hf, hc):
+        _common(p)
+    h.set_defaults(func=cmd_hub)
+
+
 def add_tool_commands(sub: Any) -> None:
-    """Register enroll, gallery and serve on the `face-agent` sub-parser collection."""
+    """Register enroll, gallery, serve and hub on the `face-agent` sub-parser collection."""
     e = sub.add_parser("enroll", help="enrol faces from a folder per person or a CSV")
     e.add_argument(
         "source",
@@ -108,3 +142,4 @@ def add_tool_commands(sub: Any) -> None:
         help="let credential-less requests from 127.0.0.1/::1 through (api.allow_unauthenticated_loopback)",
     )
     s.set_defaults(func=cmd_serve)
+    _hub_commands(sub)

@@ -33,6 +33,10 @@ from agent.gallery.store import (
 Thumbnails = Literal["never", "auto", "always"]  # auto: only for faces of another model than the reader's
 
 FLOOR_KEY = "feed_floor"
+# meta rows "group_floor:<group_id>": the newest operation of that group compaction dropped. A cursor at or
+# past it has missed nothing, so a quiet group whose every operation was compacted keeps its head (and its
+# edges their cursors) instead of sending each edge into a snapshot after every compaction, forever.
+GROUP_FLOOR_PREFIX = "group_floor:"
 
 
 class ResyncRequired(InputError):
@@ -69,20 +73,35 @@ def floor(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def group_floor(conn: sqlite3.Connection, group_id: str) -> int:
+    """The newest operation of this group compaction dropped (0: none): a cursor below it missed one."""
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (GROUP_FLOOR_PREFIX + group_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def group_head(conn: sqlite3.Connection, group_id: str) -> int:
+    """The group's newest sequence number, also when compaction dropped all of its operations."""
     row = conn.execute("SELECT MAX(seq) FROM feed WHERE group_id = ?", (group_id,)).fetchone()
-    return int(row[0] or 0)
+    return max(int(row[0] or 0), group_floor(conn, group_id))
+
+
+_FLOORS_SQL = "SELECT substr(name, ?), value FROM meta WHERE substr(name, 1, ?) = ?"
 
 
 def heads(store: GalleryStore) -> dict[str, int]:
-    """Newest sequence number of every group that has operations (the hub announces these)."""
-    return {g: int(s) for g, s in store.read("SELECT group_id, MAX(seq) FROM feed GROUP BY group_id")}
+    """Newest sequence number of every group that has or had operations (the hub announces these)."""
+    out = {g: int(s) for g, s in store.read("SELECT group_id, MAX(seq) FROM feed GROUP BY group_id")}
+    n = len(GROUP_FLOOR_PREFIX)
+    for gid, value in store.read(_FLOORS_SQL, (n + 1, n, GROUP_FLOOR_PREFIX)):
+        out[gid] = max(out.get(gid, 0), int(value))
+    return out
 
 
 def stats(store: GalleryStore) -> FeedStats:
     with store.reader() as conn:
         n, lo, hi = conn.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM feed").fetchone()
-        return FeedStats(int(n), int(lo or 0), int(hi or 0), floor(conn))
+        low = floor(conn)
+        return FeedStats(int(n), int(lo or 0), max(int(hi or 0), low), low)
 
 
 def _b64(data: bytes) -> str:
@@ -167,7 +186,7 @@ def read_feed(
     with store.reader() as conn:
         if _group(conn, group_id) is None:
             raise InputError(f"group {group_id!r} not found", code="group_not_found")
-        low = floor(conn)
+        low = group_floor(conn, group_id)
         if after < low:
             raise ResyncRequired(after, low)
         head = group_head(conn, group_id)
@@ -255,8 +274,8 @@ def _parse_token(token: str | None) -> tuple[str, int]:
 
 
 def compact(store: GalleryStore, *, keep_ops: int, keep_s: float, now: float | None = None) -> int:
-    """Drop operations beyond the newest `keep_ops` and older than `keep_s`; an edge behind the new floor
-    resyncs from a snapshot. Returns how many rows went."""
+    """Drop operations beyond the newest `keep_ops` and older than `keep_s`; an edge whose cursor is below
+    the newest dropped operation of its group resyncs from a snapshot. Returns how many rows went."""
     now = time.time() if now is None else now
     with store.transaction() as conn:
         row = conn.execute("SELECT seq FROM feed ORDER BY seq DESC LIMIT 1 OFFSET ?", (keep_ops,)).fetchone()
@@ -266,10 +285,18 @@ def compact(store: GalleryStore, *, keep_ops: int, keep_s: float, now: float | N
         cut = max(by_count, by_age)
         if cut <= floor(conn):
             return 0
+        dropped = conn.execute(
+            "SELECT group_id, MAX(seq) FROM feed WHERE seq <= ? GROUP BY group_id", (cut,)
+        ).fetchall()
+        for gid, top in dropped:
+            _set_meta(conn, GROUP_FLOOR_PREFIX + gid, int(top))
         n = conn.execute("DELETE FROM feed WHERE seq <= ?", (cut,)).rowcount
-        conn.execute(
-            "INSERT INTO meta (name, value) VALUES (?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            (FLOOR_KEY, str(cut)),
-        )
+        _set_meta(conn, FLOOR_KEY, cut)
         return int(n)
+
+
+def _set_meta(conn: sqlite3.Connection, name: str, value: int) -> None:
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        (name, str(value)),
+    )

@@ -130,11 +130,23 @@ def adopt(store: GalleryStore, group_id: str, hub: str, model_id: str) -> SyncSt
     return got
 
 
-def request_snapshot(store: GalleryStore, group_id: str) -> None:
-    """The hub compacted past our cursor (or the model changed): the next pulls take a snapshot."""
+def request_snapshot(store: GalleryStore, group_id: str, model_id: str | None = None) -> None:
+    """The hub compacted past our cursor (or this device's model changed): the next pulls take a snapshot."""
     with store.transaction() as conn:
         conn.execute(
-            "UPDATE sync_state SET snapshot = '', generation = generation + 1 WHERE group_id = ?", (group_id,)
+            "UPDATE sync_state SET snapshot = '', generation = generation + 1,"
+            " model_id = COALESCE(?, model_id) WHERE group_id = ?",
+            (model_id, group_id),
+        )
+
+
+def mark_caught_up(store: GalleryStore, group_id: str, head: int) -> None:
+    """The hub's head equals our cursor: nothing to pull, and the mirror is current as of now."""
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE sync_state SET head = ?, caught_up_at = ? WHERE group_id = ? AND cursor = ?"
+            " AND snapshot IS NULL",
+            (head, time.time(), group_id, head),
         )
 
 

@@ -84,6 +84,22 @@ class FaceEngine:
             chips.append(chip)
         return self.embedder.embed_chips(chips)
 
+    def embed_foreign_chips(self, thumbnails: list[bytes]) -> list[np.ndarray | None]:
+        """Embeddings of aligned chips cut by *another* model's alignment (a hub running FaceNet, this device
+        dlib): each chip is padded, the face found and aligned again the way this model wants. None where
+        no face is found in a chip."""
+        out: list[np.ndarray | None] = []
+        for data in thumbnails:
+            chip = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if chip is None:
+                out.append(None)
+                continue
+            pad = max(chip.shape[:2]) // 2  # the detector needs context around a tightly cropped face
+            framed = cv2.copyMakeBorder(chip, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            faces = self.analyze(framed, max_faces=1)
+            out.append(faces[0].vector if faces else None)
+        return out
+
     def _warm_up(self) -> None:
         # First inferences pay for kernel selection and memory planning; do it before READY.
         blank = np.full((self.detector.size * 2, self.detector.size * 2, 3), 127, np.uint8)

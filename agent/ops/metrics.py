@@ -374,6 +374,8 @@ class AgentMetrics:
         self._lock = threading.Lock()
         self._queues: dict[str, Callable[[], float]] = {}
         self._outbox: Callable[[], float] | None = None
+        self._sync: Callable[[], dict] | None = None
+        self._registry = registry
         registry.gauge_callback(
             "face_agent_queue_depth", "Items waiting per queue", self._queue_depths, ["queue"]
         )
@@ -389,6 +391,45 @@ class AgentMetrics:
     def track_outbox(self, depth: Callable[[], float]) -> None:
         with self._lock:
             self._outbox = depth
+
+    def track_sync(self, status: Callable[[], dict]) -> None:
+        """Export the edge syncer's status (agent/sync/edge.py): lag, operations behind, stale groups."""
+        with self._lock:
+            first = self._sync is None
+            self._sync = status
+        if first:
+            reg = self._registry
+            reg.gauge_callback(
+                "face_agent_sync_lag_seconds",
+                "Seconds since the last sync round that reached the hub's head (absent: never)",
+                lambda: self._sync_value("lag_s"),
+            )
+            reg.gauge_callback(
+                "face_agent_sync_ops_behind",
+                "Feed operations known to be waiting on the hub",
+                lambda: self._sync_value("ops_behind"),
+            )
+            reg.gauge_callback(
+                "face_agent_sync_failures",
+                "Sync rounds failed in a row",
+                lambda: self._sync_value("failures"),
+            )
+            reg.gauge_callback(
+                "face_agent_sync_stale_groups",
+                "Mirrored groups that grant no access (not synced within sync.max_staleness_s)",
+                lambda: self._sync_value("stale"),
+            )
+
+    def _sync_value(self, name: str) -> float | None:
+        with self._lock:
+            fn = self._sync
+        if fn is None:
+            return None
+        status = fn()
+        if name == "stale":
+            return float(sum(1 for g in status["groups"].values() if g.get("stale")))
+        value = status.get(name)
+        return None if value is None else float(value)
 
     def _queue_depths(self) -> dict[LabelKey, float]:
         with self._lock:

@@ -20,6 +20,7 @@ QUALITY_MISSING = "quality_missing"
 QUALITY_TOO_LOW = "quality_too_low"
 LIVENESS_MISSING = "liveness_missing"
 LIVENESS_TOO_LOW = "liveness_too_low"
+GALLERY_STALE = "gallery_stale"  # the person's group is mirrored from a hub the edge has not reached lately
 
 
 class Evidence(Protocol):
@@ -39,6 +40,9 @@ class Evidence(Protocol):
 
     @property
     def liveness_level(self) -> str | None: ...
+
+    @property
+    def gallery_stale(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ def decide(event: Evidence, policy: AccessPolicyConfig) -> AccessDecision:
         reasons.append(UNKNOWN_PERSON)
     elif policy.allowed_groups and event.group_id not in policy.allowed_groups:
         reasons.append(GROUP_NOT_ALLOWED)
+    if event.is_known and event.gallery_stale:
+        reasons.append(GALLERY_STALE)
     if event.is_known and policy.min_far_level > 0:
         if event.far_level is None:
             reasons.append(FAR_LEVEL_MISSING)

@@ -84,6 +84,7 @@ class RecognitionEvent:
     track_id: int | None = None
     source_file: str | None = None  # files and folders: the file the deciding frame came from
     source_frame: int | None = None  # and its frame index in that file
+    gallery_stale: bool = False  # matched in a mirrored group the edge has not synced for too long
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
@@ -177,6 +178,7 @@ def event_payload(event: RecognitionEvent, device_id: str, *, has_snapshot: bool
         group_id=event.group_id,
         score=event.score,
         far_level=event.far_level,
+        gallery_stale=event.gallery_stale,
     )
     return payload
 

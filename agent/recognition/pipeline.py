@@ -163,9 +163,12 @@ class RecognitionPipeline:
         metrics=None,
         heartbeat: Callable[[str, float], Callable[[], None]] | None = None,
         challenge_chooser: Chooser | None = None,
+        stale: Callable[[str], bool] | None = None,
     ) -> None:
-        """`challenge_chooser` forces the challenge instructions (tests); None: drawn with `secrets`."""
+        """`challenge_chooser` forces the challenge instructions (tests); None: drawn with `secrets`.
+        `stale(group_id)`: True when a mirrored group must not grant access (agent/sync/edge.py)."""
         self.cfg = cfg
+        self._stale = stale
         self._engine = engine
         self._matcher = matcher
         self._wake = wake
@@ -494,6 +497,7 @@ class RecognitionPipeline:
             user_info=cand.user_info or None,
             group_id=cand.group_id,
             far_level=far_level(cand.score, self._matcher.scores.thresholds()),
+            gallery_stale=bool(self._stale is not None and self._stale(cand.group_id)),
         )
 
     def _count_fps(self, cam: _Camera, frame: Frame) -> None:

@@ -43,6 +43,11 @@ class HubConfig(_Strict):
     announce_poll_s: float = Field(
         0.5, gt=0, le=60, description="how often the hub looks for new feed operations to announce"
     )
+    replay_store: Path | None = Field(
+        None,
+        description="SQLite file keeping the signatures devices used, so a replay is refused also after a "
+        "restart; unset: hub-replay.sqlite3 beside api.replay_store (in memory when that is unset too)",
+    )
 
 
 class SyncConfig(_Strict):
