@@ -151,3 +151,40 @@ def request(
         return resp.status, json.loads(data)
     except ValueError:
         return resp.status, {"raw": data.decode(errors="replace")}
+
+
+class MqttCollector:
+    """Every message on `topic` (wildcards allowed) from a real broker: (topic, JSON or None, received at)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import threading
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, Any, float]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{uuid.uuid4().hex[:8]}")
+        self._client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+        assert self._subscribed.wait(10), "no SUBACK from the broker"
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        try:
+            body = json.loads(msg.payload) if msg.payload else None
+        except ValueError:
+            body = None
+        with self._lock:
+            self.messages.append((msg.topic, body, time.time()))
+
+    def find(self, pred) -> list[tuple[str, Any, float]]:
+        with self._lock:
+            return [m for m in self.messages if pred(*m)]
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()

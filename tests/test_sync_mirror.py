@@ -205,3 +205,18 @@ def test_staleness_follows_the_last_catch_up(pair):
     st = mirror.state(edge.store, "staff")
     now[0] = st.caught_up_at + 61
     assert syncer.is_stale("staff")
+
+
+def test_doctor_reports_each_mirror_and_its_staleness(pair):
+    from agent.cli.doctor import check_sync
+
+    hub, edge = pair
+    hub.create_group("staff")
+    hub.add_faces("staff", [NewFace("alice", _vec(np.random.default_rng(8)), MODEL)])
+    assert check_sync(edge.config, 600).status == "WARN"  # nothing mirrored yet
+    EdgeSyncer(_cfg(), edge, MODEL, FeedTransport(hub, ["staff"])).sync_once()
+    fresh = check_sync(edge.config, 600)
+    assert fresh.status == "OK" and "staff: 0 op(s) behind" in fresh.message
+    st = mirror.state(edge.store, "staff")
+    late = check_sync(edge.config, 600, now=st.caught_up_at + 601)
+    assert late.status == "WARN" and "stale (grant no access): staff" in late.message

@@ -149,6 +149,7 @@ class NativeApi:
             ("GET", f"{P}/groups", self.list_groups, True),
             ("POST", f"{P}/groups", self.create_group, True),
             ("GET", f"{P}/groups/{{group_id}}", self.get_group, True),
+            ("PATCH", f"{P}/groups/{{group_id}}", self.update_group, True),
             ("DELETE", f"{P}/groups/{{group_id}}", self.delete_group, True),
             ("GET", f"{P}/groups/{{group_id}}/persons", self.list_persons, True),
             ("PUT", f"{P}/groups/{{group_id}}/persons/{{outer_id}}", self.put_person, True),
@@ -229,6 +230,15 @@ class NativeApi:
 
     def get_group(self, req: Request, p: dict[str, str]) -> Response:
         return json_response(200, _group(self.ctx.gallery.get_group(p["group_id"])))
+
+    def update_group(self, req: Request, p: dict[str, str]) -> Response:
+        form = self._json(req, {"group_name", "info"})
+        if form.get("group_name") is None and form.get("info") is None:
+            raise ApiError("missing_argument", "give group_name and/or info", "group_name")
+        group = self.ctx.gallery.update_group(
+            p["group_id"], get_str(form, "group_name"), get_str(form, "info", max_len=65536)
+        )
+        return json_response(200, _group(group))
 
     def delete_group(self, req: Request, p: dict[str, str]) -> Response:
         return json_response(200, {"deleted_faces": self.ctx.gallery.delete_group(p["group_id"])})

@@ -121,6 +121,7 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/groups/{group_id}": {
             "parameters": [g],
             "get": _native("get a group"),
+            "patch": _native("rename a group or change its info", _obj({"group_name": STR, "info": STR})),
             "delete": _native("delete a group with its persons and faces"),
         },
         "/api/v1/groups/{group_id}/persons": {"parameters": [g], "get": _native("list persons")},

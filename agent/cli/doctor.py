@@ -556,6 +556,43 @@ def check_feed(gallery: GalleryConfig) -> Check:
     return Check("feed", "OK", msg)
 
 
+def check_sync(gallery: GalleryConfig, max_staleness_s: float, now: float | None = None) -> Check:
+    """The edge's mirrors: per group how far behind the hub it was at its last pull and how long ago it
+    last caught up, read-only from the gallery database (the syncer's own state, agent/gallery/mirror.py)."""
+    import time
+
+    from agent.gallery.store import DB_FILENAME
+
+    now = time.time() if now is None else now
+    path = gallery.path / DB_FILENAME
+    fix = "check the hub (doctor's hub line), the device's credentials, and the log of run / sync"
+    if not path.exists():
+        return Check("sync", "WARN", f"no gallery database at {path} yet", "run face-agent sync --once")
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=2.0)
+        try:
+            rows = conn.execute(
+                "SELECT group_id, cursor, head, snapshot, caught_up_at FROM sync_state ORDER BY group_id"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return Check("sync", "FAIL", f"cannot read the sync state in {path}: {exc}", fix)
+    if not rows:
+        return Check("sync", "WARN", "no group mirrored yet", "run face-agent sync --once; " + fix)
+    parts, stale = [], []
+    for gid, cursor, head, snapshot, caught in rows:
+        age = None if caught is None else now - float(caught)
+        when = "never caught up" if age is None else f"caught up {age:.0f} s ago"
+        parts.append(f"{gid}: {max(0, int(head) - int(cursor))} op(s) behind, {when}")
+        if snapshot is not None or age is None or (max_staleness_s and age > max_staleness_s):
+            stale.append(gid)
+    msg = "; ".join(parts)
+    if stale:
+        return Check("sync", "WARN", f"{msg}; stale (grant no access): {', '.join(stale)}", fix)
+    return Check("sync", "OK", msg)
+
+
 # -- running everything --------------------------------------------------------------------------------------
 
 
@@ -570,6 +607,7 @@ class DoctorTargets:
     camera_devices: list[str] | None  # None: probe every /dev/video*
     gallery: GalleryConfig | None = None
     hub_feed: bool = False  # the config has a hub: section: report its change feed
+    sync_staleness_s: float | None = None  # the config has a sync: section: report the mirrors
 
 
 def run_checks(
@@ -601,6 +639,8 @@ def run_checks(
         checks.append(check_tcp("hub", *targets.hub, cfg.timeout_s, fix))
     if targets.hub_feed and targets.gallery is not None:
         checks.append(check_feed(targets.gallery))
+    if targets.sync_staleness_s is not None and targets.gallery is not None:
+        checks.append(check_sync(targets.gallery, targets.sync_staleness_s))
     checks.append(check_disk(targets.state_dir, cfg.min_free_mb, cfg.warn_free_mb))
     checks.append(check_clock())
     checks.append(check_state_permissions(targets.state_dir))
@@ -667,6 +707,7 @@ def resolve_targets(
         broker=broker,
         hub=hub_address(hub_url) if hub_url else None,
         hub_feed=agent_cfg.hub is not None,
+        sync_staleness_s=agent_cfg.sync.max_staleness_s if agent_cfg.sync is not None else None,
         camera_devices=devices,
         # --state-dir moves the gallery with it, as it does for `run` (unless the config names a path).
         gallery=agent_cfg.gallery

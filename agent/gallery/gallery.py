@@ -135,6 +135,11 @@ class Gallery:
     ) -> GroupRecord:
         return self.store.create_group(group_id, group_name, info)
 
+    def update_group(
+        self, group_id: str, group_name: str | None = None, info: str | None = None
+    ) -> GroupRecord:
+        return self.store.update_group(group_id, group_name, info)
+
     def get_group(self, group_id: str | None = None, group_name: str | None = None) -> GroupRecord:
         return self.store.get_group(group_id, group_name)
 
