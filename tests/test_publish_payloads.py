@@ -72,6 +72,7 @@ def test_recognized_payload_has_every_documented_field() -> None:
         "group_id": "staff",
         "score": 88.0,
         "far_level": 5,
+        "gallery_stale": False,  # true: matched in a mirror the edge has not synced lately (docs/sync.md)
     }
     assert len(payload["event_id"]) == 32
     from_file = event_payload(replace(known(), source_file="door.mp4", source_frame=120), "dev")
@@ -136,6 +137,7 @@ def test_access_policy_grants_only_with_all_evidence() -> None:
     assert decide(known(far_level=None), policy).reasons == ("far_level_missing",)
     assert decide(known(quality_level="LOW"), policy).reasons == ("quality_too_low",)
     assert decide(known(liveness_level="LOW"), policy).reasons == ("liveness_too_low",)
+    assert decide(known(gallery_stale=True), policy).reasons == ("gallery_stale",)  # a stale mirror
     # Fail closed: liveness not run at all is a denial, not a pass.
     missing = decide(known(liveness=None, liveness_level=None, quality_level=None), policy)
     assert not missing.granted and missing.reasons == ("quality_missing", "liveness_missing")
