@@ -222,6 +222,12 @@ class AgentApp:
             ).start()
         log.info("syncing groups from %s as device %s", client.hub, scfg.device_id)
 
+    def _unsynced_mirror(self, group_id: str) -> bool:
+        """Without a sync: section nothing keeps a mirror current: its groups grant no access."""
+        from agent.gallery import mirror
+
+        return mirror.state(self.gallery.store, group_id) is not None
+
     def _stop_sync(self, timeout: float) -> None:
         if self._listener is not None:
             self._listener.stop()
@@ -270,7 +276,7 @@ class AgentApp:
             snapshots=cfg.publish.snapshots and cfg.publish.mqtt is not None,
             metrics=self.metrics,
             heartbeat=self._beat,
-            stale=self.syncer.is_stale if self.syncer is not None else None,
+            stale=self.syncer.is_stale if self.syncer is not None else self._unsynced_mirror,
         )
         self.metrics.track_queue("events", lambda p=self.pipeline: p.dispatcher.depth)
         self.pipeline.start()

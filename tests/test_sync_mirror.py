@@ -220,3 +220,98 @@ def test_doctor_reports_each_mirror_and_its_staleness(pair):
     st = mirror.state(edge.store, "staff")
     late = check_sync(edge.config, 600, now=st.caught_up_at + 601)
     assert late.status == "WARN" and "stale (grant no access): staff" in late.message
+
+
+def test_a_group_deleted_and_created_again_on_the_hub_is_mirrored_anew(pair):
+    hub, edge = pair
+    rng = np.random.default_rng(9)
+    hub.create_group("g")
+    hub.add_faces("g", [NewFace("alice", _vec(rng), MODEL)])
+    transport = FeedTransport(hub, ["g"])
+    syncer = EdgeSyncer(_cfg(), edge, MODEL, transport)
+    assert syncer.sync_once()
+    hub.delete_group("g")
+    hub.create_group("g")
+    hub.add_faces("g", [NewFace("bob", _vec(rng), MODEL)])
+    for _ in range(3):  # a round that ends caught up must hold the new group, and keep holding it
+        assert syncer.sync_once()
+        assert _state(edge, "g") == _state(hub, "g")
+        assert [p.outer_id for p in edge.list_persons("g")] == ["bob"]
+    # a brand-new edge of such a group too
+    fresh = Gallery(GalleryConfig(path=edge.config.path.parent / "fresh", save_interval_s=0))
+    try:
+        assert EdgeSyncer(_cfg(), fresh, MODEL, transport).sync_once()
+        assert _state(fresh, "g") == _state(hub, "g")
+    finally:
+        fresh.close()
+
+
+def test_faces_that_move_between_groups_and_persons_on_the_hub_follow_on_the_edge(pair):
+    hub, edge = pair
+    rng = np.random.default_rng(10)
+    for gid in ("a", "b"):
+        hub.create_group(gid)
+    v1, v2 = _vec(rng), _vec(rng)
+    f1 = hub.add_faces("b", [NewFace("alice", v1, MODEL)])[0].face_id
+    f2 = hub.add_faces("a", [NewFace("carol", v2, MODEL)])[0].face_id
+    syncer = EdgeSyncer(_cfg(), edge, MODEL, FeedTransport(hub, ["a", "b"]))
+    assert syncer.sync_once()
+    hub.delete_face(f1)  # `gallery import` keeps face ids: the face moves from b to a
+    hub.add_faces("a", [NewFace("alice", v1, MODEL, face_id=f1)])
+    hub.delete_person("a", "carol")  # and carol's face comes back under another person, after a compaction
+    hub.add_faces("a", [NewFace("caroline", v2, MODEL, face_id=f2)])
+    assert feed.compact(hub.store, keep_ops=1000, keep_s=-1) > 0
+    assert syncer.sync_once()
+    for gid in ("a", "b"):
+        assert _state(edge, gid) == _state(hub, gid)
+    idx = edge.index("a", MODEL)
+    assert idx is not None and idx.stats()["live"] == 2  # no label of a swept person left searchable
+
+
+def test_a_hub_id_that_collides_with_a_local_face_is_refused_without_touching_it(pair):
+    hub, edge = pair
+    rng = np.random.default_rng(11)
+    edge.create_group("local")
+    mine = edge.add_faces("local", [NewFace("dave", _vec(rng), MODEL)])[0]
+    hub.create_group("staff")
+    hub.add_faces("staff", [NewFace("eve", _vec(rng), MODEL, face_id=mine.face_id)])
+    syncer = EdgeSyncer(_cfg(), edge, MODEL, FeedTransport(hub, ["staff"]))
+    assert not syncer.sync_once()
+    assert (
+        "group_conflict" in syncer.status()["groups"]["staff"]["error"]
+        or "already exists" in (syncer.status()["groups"]["staff"]["error"])
+    )
+    assert edge.get_face(mine.face_id).group_id == "local"
+    assert [p.outer_id for p in edge.list_persons("local")] == ["dave"]
+
+
+def test_a_hub_restored_from_a_backup_resyncs_the_edge(pair, tmp_path):
+    hub, edge = pair
+    rng = np.random.default_rng(12)
+    hub.create_group("staff")
+    hub.add_faces("staff", [NewFace(f"p{i}", _vec(rng), MODEL) for i in range(20)])
+    transport = FeedTransport(hub, ["staff"])
+    syncer = EdgeSyncer(_cfg(), edge, MODEL, transport)
+    assert syncer.sync_once()
+    older = Gallery(GalleryConfig(path=tmp_path / "restored", save_interval_s=0))  # fewer operations
+    try:
+        older.create_group("staff")
+        older.add_faces("staff", [NewFace("q", _vec(rng), MODEL)])
+        transport.hub_gallery = older
+        assert syncer.sync_once()
+        assert _state(edge, "staff") == _state(older, "staff")
+    finally:
+        older.close()
+
+
+def test_variant_reconciliation_leaves_mirrors_to_the_syncer(pair):
+    from agent.gallery.variants import Space, reconcile
+
+    hub, edge = pair
+    hub.create_group("staff")
+    hub.add_faces("staff", [NewFace("alice", _vec(np.random.default_rng(13)), "test-model/f16")])
+    EdgeSyncer(_cfg(), edge, "test-model/f16", FeedTransport(hub, ["staff"])).sync_once()
+    before = _state(edge, "staff")
+    # the device now runs another variant of the model; the mirror has no thumbnails to re-embed from
+    reconcile(edge.config, Space(MODEL), lambda thumbs: np.zeros((len(thumbs), DIM), np.float32), "reembed")
+    assert _state(edge, "staff") == before  # not refused, not touched: the syncer takes a snapshot

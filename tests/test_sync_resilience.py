@@ -104,7 +104,8 @@ def rig(tmp_path):
         secret_file=tmp_path / "secret",
         timeout_s=0.5,
         page_ops=10,
-        max_response_bytes=1 << 20,
+        page_bytes=64 << 10,
+        max_response_bytes=(1 << 20) + (64 << 10),
     )
     edge = Gallery(GalleryConfig(path=tmp_path / "edge", save_interval_s=0))
     syncer = EdgeSyncer(cfg, edge, MODEL, HubClient(cfg, secret))
@@ -217,3 +218,19 @@ def test_a_hub_on_another_model_is_re_embedded_from_thumbnails(rig, data_dir):
         assert {f.outer_id for f in edge.store.list_faces("visitors")} == {"obama", "biden"}
     finally:
         edge.close()
+
+
+def test_group_ids_that_need_quoting_and_tokens_that_are_not_numbers(rig):
+    hub, edge, syncer, proxy, devices = rig
+    rng = np.random.default_rng(7)
+    for gid in ("staff room", "门禁", "a/b"):
+        hub.create_group(gid)
+        devices.grant("door-1", gid)
+        hub.add_faces(gid, [NewFace("p", _vec(rng), MODEL)])
+    assert syncer.sync_once()
+    for gid in ("staff room", "门禁", "a/b"):
+        assert _faces(edge, gid) == _faces(hub, gid)
+    for token in ("f%C2%B2", "f99999999999999999999", "x1"):  # "²".isdigit() is True; SQLite ints end
+        with pytest.raises(HubRefused) as info:
+            syncer._client.get(f"/v1/sync/groups/staff/snapshot?token={token}")  # noqa: SLF001
+        assert info.value.status == 400 and info.value.code == "bad_argument"

@@ -35,7 +35,7 @@ def _open_secret_file(path: Path) -> int:
     """Open (create) the secret file before the device exists, so a path we cannot write fails before a
     secret is issued that nobody could ever read again. 0600 from the first byte on."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)  # emptied only once the device exists
         os.fchmod(fd, 0o600)  # an existing file keeps its mode on open()
     except OSError as exc:
         raise InputError(f"--secret-file {path}: {exc.strerror or exc}", code="bad_path") from exc
@@ -57,6 +57,7 @@ def _add(devices: Any, args: argparse.Namespace) -> None:
     groups = ", ".join(sorted(set(args.group or []))) or "none yet"
     if fd is not None:
         try:
+            os.ftruncate(fd, 0)  # a refused add (device_exists) leaves an existing secret file intact
             os.write(fd, (secret + "\n").encode("ascii"))
             os.fsync(fd)
         finally:

@@ -44,7 +44,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         try:
             syncer = EdgeSyncer(cfg.sync, gallery, engine.model_id, client, engine_reembedder(engine))
             if args.once:
-                return _once(syncer, args.timeout, (HubRefused, HubUnavailable))
+                pause = min(cfg.sync.interval_s, 5.0)
+                return _once(syncer, args.timeout, (HubRefused, HubUnavailable), pause)
             return _forever(syncer)
         finally:
             gallery.close(cfg.stop_timeout_s)
@@ -52,7 +53,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         lock.release()
 
 
-def _once(syncer, timeout: float, expected: tuple[type[Exception], ...]) -> int:
+def _once(syncer, timeout: float, expected: tuple[type[Exception], ...], pause_s: float) -> int:
+    """Rounds until every group is caught up; a round that leaves a group behind (refused, not granted)
+    is retried after `pause_s`, not at once, so a stuck group does not hammer the hub."""
     deadline = time.monotonic() + timeout
     t0 = time.monotonic()
     while True:
@@ -61,10 +64,11 @@ def _once(syncer, timeout: float, expected: tuple[type[Exception], ...]) -> int:
         except expected as exc:
             print(json.dumps({"ok": False, "error": str(exc), **syncer.status()}))
             return 1
-        if done or time.monotonic() > deadline:
+        if done or time.monotonic() + pause_s > deadline:
             status = syncer.status()
             print(json.dumps({"ok": done, "seconds": round(time.monotonic() - t0, 3), **status}))
             return 0 if done else 1
+        time.sleep(pause_s)  # pacing between retries, not a synchronisation
 
 
 def _forever(syncer) -> int:

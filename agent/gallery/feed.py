@@ -33,6 +33,7 @@ from agent.gallery.store import (
 Thumbnails = Literal["never", "auto", "always"]  # auto: only for faces of another model than the reader's
 
 FLOOR_KEY = "feed_floor"
+_COMPACT_BATCH = 10_000
 # meta rows "group_floor:<group_id>": the newest operation of that group compaction dropped. A cursor at or
 # past it has missed nothing, so a quiet group whose every operation was compacted keeps its head (and its
 # edges their cursors) instead of sending each edge into a snapshot after every compaction, forever.
@@ -197,6 +198,11 @@ def read_feed(
         ops: list[dict] = []
         size, cursor = 0, after
         for seq, op, key in rows[:limit]:
+            if op == GROUP_DELETED:
+                # The group exists (checked above), so it was deleted and created again: what the edge holds
+                # belongs to the old one, and only a snapshot of the new one (whose sweep removes the rest)
+                # is exact. Ops are resolved at the present, so replaying the old life would be wrong.
+                raise ResyncRequired(after, int(seq))
             data = _resolve(conn, group_id, op, key, thumbnails, model_id)
             cursor = int(seq)
             if data is None:
@@ -268,9 +274,10 @@ def read_snapshot(
 def _parse_token(token: str | None) -> tuple[str, int]:
     if token is None:
         return "p", 0
-    if len(token) < 2 or token[0] not in "pf" or not token[1:].isdigit() or len(token) > 24:
+    digits = token[1:]
+    if not (1 <= len(digits) <= 18 and token[0] in "pf" and digits.isascii() and digits.isdigit()):
         raise InputError("snapshot token is not one this hub gave out", code="invalid_token")
-    return token[0], int(token[1:])
+    return token[0], int(digits)
 
 
 def compact(store: GalleryStore, *, keep_ops: int, keep_s: float, now: float | None = None) -> int:
@@ -290,9 +297,19 @@ def compact(store: GalleryStore, *, keep_ops: int, keep_s: float, now: float | N
         ).fetchall()
         for gid, top in dropped:
             _set_meta(conn, GROUP_FLOOR_PREFIX + gid, int(top))
-        n = conn.execute("DELETE FROM feed WHERE seq <= ?", (cut,)).rowcount
-        _set_meta(conn, FLOOR_KEY, cut)
-        return int(n)
+        _set_meta(conn, FLOOR_KEY, cut)  # readers refuse cursors below the floors from now on
+    # The rows go in batches, each its own short transaction, so enrolment is not blocked for a long
+    # delete; rows at or below the floors are never read again, so a partial delete is harmless.
+    n = 0
+    while True:
+        with store.transaction() as conn:
+            got = conn.execute(
+                "DELETE FROM feed WHERE seq IN (SELECT seq FROM feed WHERE seq <= ? ORDER BY seq LIMIT ?)",
+                (cut, _COMPACT_BATCH),
+            ).rowcount
+        n += int(got)
+        if got < _COMPACT_BATCH:
+            return n
 
 
 def _set_meta(conn: sqlite3.Connection, name: str, value: int) -> None:

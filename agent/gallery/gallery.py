@@ -211,8 +211,22 @@ class Gallery:
                 self._apply(idx, lambda i=idx, lb=labels, v=vectors: i.add(lb, v))
         return records
 
+    def check_room(self, group_id: str, model_id: str, n: int) -> None:
+        """Refuse (gallery_full) before committing `n` more faces to a (group, model) that has no room."""
+        idx = self._indexes.get((group_id, model_id))
+        if idx is not None:
+            idx.check_room(n)
+        elif n > self.config.max_elements:
+            raise InputError(f"{n} faces exceed max_elements", code="gallery_full")
+
     def apply_mirror(self, group_id: str, apply: Callable[[], Changes]) -> Changes:
         """Run one mirror.py transaction (`apply`) and bring the indexes in step, as one step for searches."""
+        changes = self._apply_mirror(group_id, apply)
+        if changes.removed:
+            self.store.scrub_wal()  # deleted embeddings leave the WAL too
+        return changes
+
+    def _apply_mirror(self, group_id: str, apply: Callable[[], Changes]) -> Changes:
         with self._writing(), self._view.write(self.config.lock_timeout_s):
             changes = apply()
             if changes.group_deleted:
@@ -270,6 +284,9 @@ class Gallery:
         cfg = self.config
         if not 1 <= k <= (cfg.max_top_k + cfg.max_query_faces) * cfg.candidate_factor:
             raise InputError("k out of range", code="invalid_top_k")
+        waiting = self._indexes.get((group_id, model_id))
+        if waiting is not None:  # a long load is waited for outside the view lock, not inside it
+            waiting.wait_ready()
         with self._view.read(cfg.lock_timeout_s):
             idx = self._indexes.get((group_id, model_id))
             if idx is None:

@@ -376,12 +376,16 @@ class HnswIndex:
 
     # -- search ------------------------------------------------------------------------------------------
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k labels and cosine similarities for each row; fewer columns when fewer faces exist."""
+    def wait_ready(self) -> None:
+        """Wait (bounded) for a load or first build; Gallery.search does it before taking its view lock."""
         if not self._ready.wait(self._cfg.ready_timeout_s):
             raise TransientError(
                 f"index {self.group_id}/{self.model_id} is still loading", code="index_not_ready"
             )
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k labels and cosine similarities for each row; fewer columns when fewer faces exist."""
+        self.wait_ready()
         queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise InputError(f"query must have dimension {self.dim}", code="embedding_dim_mismatch")

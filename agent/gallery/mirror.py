@@ -140,13 +140,13 @@ def request_snapshot(store: GalleryStore, group_id: str, model_id: str | None = 
         )
 
 
-def mark_caught_up(store: GalleryStore, group_id: str, head: int) -> None:
-    """The hub's head equals our cursor: nothing to pull, and the mirror is current as of now."""
+def mark_caught_up(store: GalleryStore, group_id: str, head: int, at: float) -> None:
+    """The hub's head (as listed at `at`) equals our cursor: nothing to pull, current as of `at`."""
     with store.transaction() as conn:
         conn.execute(
             "UPDATE sync_state SET head = ?, caught_up_at = ? WHERE group_id = ? AND cursor = ?"
             " AND snapshot IS NULL",
-            (head, time.time(), group_id, head),
+            (head, at, group_id, head),
         )
 
 
@@ -201,32 +201,31 @@ def erase(store: GalleryStore, hub: str | None = None, group_id: str | None = No
 
 _BY_GROUP = "SELECT group_id, model_id, label FROM faces WHERE group_id = ?"
 _BY_FACE = "SELECT group_id, model_id, label FROM faces WHERE face_id = ?"
+_BY_PERSON = "SELECT group_id, model_id, label FROM faces WHERE person_id = ? AND group_id = ?"
 
 
-def _removed(conn: sqlite3.Connection, sql: str, key: str) -> list[RemovedFace]:
-    return [RemovedFace(g, m, int(lb)) for g, m, lb in conn.execute(sql, (key,)).fetchall()]
+def _removed(conn: sqlite3.Connection, sql: str, *params: object) -> list[RemovedFace]:
+    return [RemovedFace(g, m, int(lb)) for g, m, lb in conn.execute(sql, params).fetchall()]
 
 
 def _apply(conn: sqlite3.Connection, group_id: str, op: MirrorOp, gen: int, changes: Changes) -> None:
     if op.op in (GROUP_CREATED, GROUP_UPDATED):
         _update_group(conn, group_id, op)
     elif op.op == GROUP_DELETED:
-        changes.removed += _removed(
-            conn, "SELECT group_id, model_id, label FROM faces WHERE group_id = ?", group_id
-        )
-        conn.execute("DELETE FROM groups WHERE group_id = ?", (group_id,))
+        changes.removed += _removed(conn, _BY_GROUP, group_id)
+        conn.execute("DELETE FROM groups WHERE group_id = ? AND origin IS NOT NULL", (group_id,))
         conn.execute("DELETE FROM sync_state WHERE group_id = ?", (group_id,))
         changes.group_deleted = True
     elif op.op == PERSON_UPDATED:
         assert op.outer_id is not None
         _upsert_person(conn, group_id, op.key, op.outer_id, op.user_info or "", gen, changes)
     elif op.op == PERSON_DELETED:
-        _delete_person(conn, op.key, changes)
+        _delete_person(conn, group_id, op.key, changes)
     elif op.op in (FACE_ADDED, FACE_UPDATED):
         assert op.face is not None
-        _add_face(conn, group_id, op.face, gen, changes, replace=op.op == FACE_UPDATED)
+        _add_face(conn, group_id, op.face, gen, changes)
     elif op.op == FACE_DELETED:
-        _delete_face(conn, op.key, changes)
+        _delete_face(conn, group_id, op.key, changes)
     else:
         raise InputError(f"unknown feed operation {op.op!r}", code="invalid_page")
 
@@ -241,6 +240,20 @@ def _update_group(conn: sqlite3.Connection, group_id: str, op: MirrorOp) -> None
         conn.execute("UPDATE groups SET info = ? WHERE group_id = ?", (op.info or "", group_id))
 
 
+def _foreign(conn: sqlite3.Connection, group_id: str, other_group: str, what: str) -> None:
+    """An id the hub sends for `group_id` exists in another group here. Within groups this hub mirrors
+    it moved (a face re-imported elsewhere on the hub): fine, the caller moves it. In a local group or
+    another hub's mirror it is a collision this page must not resolve by deleting someone else's data."""
+    hub = conn.execute("SELECT origin FROM groups WHERE group_id = ?", (group_id,)).fetchone()
+    other = conn.execute("SELECT origin FROM groups WHERE group_id = ?", (other_group,)).fetchone()
+    if hub is None or other is None or other[0] is None or other[0] != hub[0]:
+        raise InputError(
+            f"the hub's {what} for group {group_id!r} already exists in group {other_group!r} here, which "
+            "is not mirrored from the same hub; refusing to overwrite it",
+            code="group_conflict",
+        )
+
+
 def _upsert_person(
     conn: sqlite3.Connection,
     group_id: str,
@@ -250,6 +263,10 @@ def _upsert_person(
     gen: int,
     changes: Changes,
 ) -> None:
+    row = conn.execute("SELECT group_id FROM persons WHERE person_id = ?", (person_id,)).fetchone()
+    if row is not None and row[0] != group_id:
+        _foreign(conn, group_id, row[0], f"person {person_id}")
+        _delete_person(conn, row[0], person_id, changes)
     # outer ids are unique in a group on the hub too: another person holding this one was deleted there
     # (its delete is still ahead in the feed), so it goes now.
     clash = conn.execute(
@@ -257,7 +274,7 @@ def _upsert_person(
         (group_id, outer_id, person_id),
     ).fetchone()
     if clash is not None:
-        _delete_person(conn, clash[0], changes)
+        _delete_person(conn, group_id, clash[0], changes)
     conn.execute(
         "INSERT INTO persons (person_id, group_id, outer_id, user_info, created_at, sync_gen)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(person_id) DO UPDATE SET outer_id = excluded.outer_id,"
@@ -266,30 +283,31 @@ def _upsert_person(
     )
 
 
-def _delete_person(conn: sqlite3.Connection, person_id: str, changes: Changes) -> None:
-    changes.removed += _removed(
-        conn, "SELECT group_id, model_id, label FROM faces WHERE person_id = ?", person_id
-    )
-    conn.execute("DELETE FROM persons WHERE person_id = ?", (person_id,))
+def _delete_person(conn: sqlite3.Connection, group_id: str, person_id: str, changes: Changes) -> None:
+    changes.removed += _removed(conn, _BY_PERSON, person_id, group_id)
+    conn.execute("DELETE FROM persons WHERE person_id = ? AND group_id = ?", (person_id, group_id))
 
 
-def _delete_face(conn: sqlite3.Connection, face_id: str, changes: Changes) -> None:
-    changes.removed += _removed(conn, _BY_FACE, face_id)
-    conn.execute("DELETE FROM faces WHERE face_id = ?", (face_id,))
+def _delete_face(conn: sqlite3.Connection, group_id: str, face_id: str, changes: Changes) -> None:
+    changes.removed += _removed(conn, _BY_FACE + " AND group_id = ?", face_id, group_id)
+    conn.execute("DELETE FROM faces WHERE face_id = ? AND group_id = ?", (face_id, group_id))
 
 
-def _add_face(
-    conn: sqlite3.Connection, group_id: str, f: MirrorFace, gen: int, changes: Changes, *, replace: bool
-) -> None:
+def _add_face(conn: sqlite3.Connection, group_id: str, f: MirrorFace, gen: int, changes: Changes) -> None:
     _upsert_person(conn, group_id, f.person_id, f.outer_id, f.user_info, gen, changes)
-    row = conn.execute("SELECT model_id FROM faces WHERE face_id = ?", (f.face_id,)).fetchone()
-    if row is not None and not replace and row[0] == f.model_id:
-        if gen:
+    vec = check_vector(f.vector)
+    blob = vec.astype("<f4").tobytes()
+    row = conn.execute(
+        "SELECT group_id, person_id, model_id, embedding FROM faces WHERE face_id = ?", (f.face_id,)
+    ).fetchone()
+    if row is not None and tuple(row[:3]) == (group_id, f.person_id, f.model_id) and bytes(row[3]) == blob:
+        if gen:  # the same face as held: only mark it as seen by this snapshot
             conn.execute("UPDATE faces SET sync_gen = ? WHERE face_id = ?", (gen, f.face_id))
         return
-    if row is not None:
-        _delete_face(conn, f.face_id, changes)
-    vec = check_vector(f.vector)
+    if row is not None:  # re-embedded, moved to another person, or (same hub) to another group
+        if row[0] != group_id:
+            _foreign(conn, group_id, row[0], f"face {f.face_id}")
+        _delete_face(conn, row[0], f.face_id, changes)
     dim = conn.execute("SELECT dim FROM faces WHERE model_id = ? LIMIT 1", (f.model_id,)).fetchone()
     if dim is not None and int(dim[0]) != vec.shape[0]:
         raise InputError(
@@ -299,17 +317,7 @@ def _add_face(
     cur = conn.execute(
         "INSERT INTO faces (face_id, person_id, group_id, model_id, dim, embedding, quality, created_at,"
         " sync_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            f.face_id,
-            f.person_id,
-            group_id,
-            f.model_id,
-            vec.shape[0],
-            vec.astype("<f4").tobytes(),
-            f.quality,
-            f.created_at,
-            gen,
-        ),
+        (f.face_id, f.person_id, group_id, f.model_id, vec.shape[0], blob, f.quality, f.created_at, gen),
     )
     if f.thumbnail is not None:
         conn.execute(
@@ -321,11 +329,13 @@ def _add_face(
 
 
 def _sweep(conn: sqlite3.Connection, group_id: str, gen: int, changes: Changes) -> None:
-    """End of a snapshot: whatever it did not touch is gone on the hub."""
-    changes.removed += _removed(
-        conn,
-        "SELECT group_id, model_id, label FROM faces WHERE group_id = ? AND sync_gen < " + str(int(gen)),
-        group_id,
+    """End of a snapshot: whatever it did not touch is gone on the hub (faces of swept persons too, so
+    their labels leave the index)."""
+    where = (
+        " WHERE group_id = ? AND (sync_gen < ? OR person_id IN"
+        " (SELECT person_id FROM persons WHERE group_id = ? AND sync_gen < ?))"
     )
-    conn.execute("DELETE FROM faces WHERE group_id = ? AND sync_gen < ?", (group_id, gen))
+    rows = conn.execute("SELECT group_id, model_id, label FROM faces" + where, (group_id, gen, group_id, gen))
+    changes.removed += [RemovedFace(g, m, int(lb)) for g, m, lb in rows.fetchall()]
+    conn.execute("DELETE FROM faces" + where, (group_id, gen, group_id, gen))
     conn.execute("DELETE FROM persons WHERE group_id = ? AND sync_gen < ?", (group_id, gen))

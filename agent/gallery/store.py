@@ -44,6 +44,8 @@ DB_FILENAME = "gallery.sqlite3"
 _MIN_DIM, _MAX_DIM = 16, 4096
 _NORM_TOLERANCE = 1e-2
 _SQL_CHUNK = 500  # labels per IN (...) query, well under SQLite's variable limit
+# Variant re-embedding and relabelling touch local groups only: a mirror takes a new snapshot instead.
+_LOCAL_GROUPS = "(SELECT group_id FROM groups WHERE origin IS NULL)"
 
 
 def _schema_v1(conn: sqlite3.Connection) -> None:
@@ -81,6 +83,8 @@ def _schema_v2(conn: sqlite3.Connection) -> None:
         " op TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL)"
     )
     conn.execute("CREATE INDEX feed_by_group ON feed (group_id, seq)")
+    conn.execute("CREATE INDEX faces_by_group ON faces (group_id, label)")  # snapshot pages
+    conn.execute("CREATE INDEX persons_by_group ON persons (group_id)")  # rowid order within a group
     conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
     # Existing data predates the feed: an edge can only take it as a snapshot. Record it as one operation
     # per row so a hub upgraded from schema 1 serves its old faces through the feed too.
@@ -306,6 +310,10 @@ class GalleryStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def scrub_wal(self) -> None:
+        """After mirror deletes (mirror.py): drop WAL frames that held the deleted embeddings."""
+        self._scrub_wal()
 
     def _scrub_wal(self) -> None:
         """Drop WAL frames that may still hold deleted embeddings; best effort if a reader holds the WAL."""
@@ -588,7 +596,9 @@ class GalleryStore:
         """(group_id, model_id, faces, faces with a thumbnail) for every (group, model) that has faces."""
         sql = (
             "SELECT f.group_id, f.model_id, COUNT(*), COUNT(t.face_id) FROM faces f"
-            " LEFT JOIN face_thumbs t ON t.face_id = f.face_id GROUP BY f.group_id, f.model_id"
+            " LEFT JOIN face_thumbs t ON t.face_id = f.face_id WHERE f.group_id IN "
+            + _LOCAL_GROUPS
+            + " GROUP BY f.group_id, f.model_id"
         )
         return [(g, m, int(n), int(t)) for g, m, n, t in self._query(sql)]
 
@@ -596,7 +606,9 @@ class GalleryStore:
         """(label, face_id, format, data) of the first `limit` faces of `model_id` that have a thumbnail."""
         sql = (
             "SELECT f.label, f.face_id, t.format, t.data FROM faces f JOIN face_thumbs t"
-            " ON t.face_id = f.face_id WHERE f.model_id = ? ORDER BY f.label LIMIT ?"
+            " ON t.face_id = f.face_id WHERE f.model_id = ? AND f.group_id IN "
+            + _LOCAL_GROUPS
+            + " ORDER BY f.label LIMIT ?"
         )
         return [(int(lb), fid, fmt, bytes(d)) for lb, fid, fmt, d in self._query(sql, (model_id, limit))]
 
@@ -607,7 +619,8 @@ class GalleryStore:
         with self._tx() as conn:
             for fid, v in checked:
                 conn.execute(
-                    "UPDATE faces SET model_id = ?, dim = ?, embedding = ? WHERE face_id = ?",
+                    "UPDATE faces SET model_id = ?, dim = ?, embedding = ? WHERE face_id = ? AND group_id IN "
+                    + _LOCAL_GROUPS,
                     (model_id, int(v.shape[0]), v.astype("<f4").tobytes(), fid),
                 )
                 row = conn.execute("SELECT group_id FROM faces WHERE face_id = ?", (fid,)).fetchone()
@@ -621,7 +634,8 @@ class GalleryStore:
         records the very same file under the older id); returns how many moved."""
         with self._tx() as conn:
             cur = conn.execute(
-                "UPDATE faces SET model_id = ? WHERE model_id = ?", (new_model_id, old_model_id)
+                "UPDATE faces SET model_id = ? WHERE model_id = ? AND group_id IN " + _LOCAL_GROUPS,
+                (new_model_id, old_model_id),
             )
             return int(cur.rowcount)
 

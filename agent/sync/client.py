@@ -93,29 +93,37 @@ class HubClient:
         conn = self._connection()
         try:
             conn.request("GET", target, headers={"Authorization": header, "Accept": "application/json"})
+            _until(conn, deadline, self._cfg.timeout_s)
             resp = conn.getresponse()
-            body = self._read(resp, deadline)
+            body = self._read(conn, resp, deadline)
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
             raise HubUnavailable(f"hub {self.hub}: {type(exc).__name__}: {exc}") from exc
         finally:
             conn.close()
         return self._decode(resp.status, body)
 
-    def _read(self, resp: http.client.HTTPResponse, deadline: float) -> bytes:
+    def _read(
+        self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, deadline: float
+    ) -> bytes:
         cap = self._cfg.max_response_bytes
-        length = resp.getheader("Content-Length")
-        if length is not None and length.isdigit() and int(length) > cap:
+        raw = resp.getheader("Content-Length")
+        length = int(raw) if raw is not None and raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+        if raw is not None and length is None:
+            raise HubUnavailable(f"hub answer has a bad Content-Length {raw[:32]!r}", code="hub_garbled")
+        if length is not None and length > cap:
             raise HubUnavailable(f"hub answer of {length} bytes exceeds {cap}", code="hub_oversized")
         parts, size = [], 0
-        while chunk := resp.read(_CHUNK):
+        while True:
+            _until(conn, deadline, self._cfg.timeout_s)  # every read, so a dripping hub meets the deadline
+            chunk = resp.read1(_CHUNK)  # what has arrived, not a blocking fill of the whole chunk
+            if not chunk:
+                break
             size += len(chunk)
             if size > cap:
                 raise HubUnavailable(f"hub answer exceeds {cap} bytes", code="hub_oversized")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"hub answer not complete after {self._cfg.timeout_s * 3:.0f} s")
             parts.append(chunk)
         body = b"".join(parts)
-        if length is not None and length.isdigit() and len(body) != int(length):
+        if length is not None and len(body) != length:
             raise HubUnavailable(
                 f"hub answer truncated ({len(body)} of {length} bytes)", code="hub_truncated"
             )
@@ -124,7 +132,7 @@ class HubClient:
     def _decode(self, status: int, body: bytes) -> dict:
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
             raise HubUnavailable(
                 f"hub answered {status} with a body that is not JSON", code="hub_garbled"
             ) from exc
@@ -136,3 +144,13 @@ class HubClient:
         if 400 <= status < 500 and isinstance(err, dict) and isinstance(err.get("code"), str):
             raise HubRefused(status, err["code"], str(err.get("message", "")), data)
         raise HubUnavailable(f"hub answered HTTP {status}", code="hub_error")
+
+
+def _until(conn: http.client.HTTPConnection, deadline: float, timeout: float) -> None:
+    """Give the next socket operation the time left before the request's total deadline (at most the idle
+    timeout): the socket timeout alone bounds each read, not a hub that sends a byte per timeout."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"hub answer not complete within the total deadline of {timeout * 3:.0f} s")
+    if conn.sock is not None:
+        conn.sock.settimeout(min(timeout, left))

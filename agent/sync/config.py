@@ -74,7 +74,10 @@ class SyncConfig(_Strict):
     page_ops: int = Field(1000, ge=1, le=100_000, description="operations asked for per page")
     page_bytes: int = Field(4 << 20, ge=64 << 10, le=256 << 20, description="JSON bytes asked for per page")
     max_response_bytes: int = Field(
-        64 << 20, ge=64 << 10, le=1 << 30, description="a larger answer is refused unread"
+        16 << 20,
+        ge=64 << 10,
+        le=1 << 30,
+        description="a larger answer is refused unread (a page may exceed page_bytes by one operation)",
     )
     thumbnails: Literal["auto", "always", "never"] = Field(
         "auto",
@@ -103,6 +106,11 @@ class SyncConfig(_Strict):
             raise ValueError(
                 "sync.hub_url is http://: embeddings would travel in clear text; use https:// with "
                 "sync.ca_file, or set sync.allow_plaintext: true (loopback tests only)"
+            )
+        if self.max_response_bytes < self.page_bytes + (1 << 20):
+            raise ValueError(
+                "sync.max_response_bytes must exceed sync.page_bytes by at least 1 MiB (one operation with "
+                "its thumbnail may cross the page size); otherwise every page would be refused"
             )
         if (self.secret_file is None) == (self.secret_credential is None):
             raise ValueError("set exactly one of sync.secret_file and sync.secret_credential")

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import numpy as np
 
@@ -60,6 +61,15 @@ _KNOWN_OPS = {
     "face_deleted",
 }
 _ERASE_GROUP_CODES = {"group_not_granted", "group_not_found"}
+
+
+_CLOCK_SLACK_S = 60.0  # a caught-up time further in the future than this means the clock went back
+_MIN_ROUND_S = 0.25  # rounds start at most this often, however often announcements arrive
+
+
+def _seg(group_id: str) -> str:
+    """A group id as one URL path segment (ids may hold spaces, '/', or non-ASCII)."""
+    return quote(group_id, safe="")
 
 
 class PageError(HubUnavailable):
@@ -127,12 +137,16 @@ class EdgeSyncer:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            started = time.monotonic()
             try:
                 self.sync_once()
                 wait = self._cfg.interval_s
             except Exception as exc:  # the syncer must outlive any single bad round
                 wait = self._failed(exc)
             self._wake.wait(wait)
+            # Announcements wake the loop at once, but a flood of them (a chatty or hostile broker) must
+            # not turn it into a busy loop against the hub.
+            self._stop.wait(max(0.0, _MIN_ROUND_S - (time.monotonic() - started)))
 
     def _failed(self, exc: Exception) -> float:
         with self._lock:
@@ -175,8 +189,11 @@ class EdgeSyncer:
             return False
         if st.snapshot is not None or st.caught_up_at is None:
             return True
+        age = self._clock() - st.caught_up_at
+        if age < -_CLOCK_SLACK_S:  # caught up "in the future": this clock went back (no RTC); trust nothing
+            return True
         limit = self._cfg.max_staleness_s
-        return bool(limit) and self._clock() - st.caught_up_at > limit
+        return bool(limit) and age > limit
 
     # -- one round ---------------------------------------------------------------------------------------
 
@@ -184,6 +201,7 @@ class EdgeSyncer:
         """Pull every granted group to the hub's head; True when all are caught up."""
         with self._lock:
             self._status.last_attempt_at = self._clock()
+        listed_at = self._clock()
         try:
             listing = self._client.get("/v1/sync/groups")
         except HubRefused as exc:
@@ -199,7 +217,7 @@ class EdgeSyncer:
                 all_ok = False
                 continue
             try:
-                self._pull(gid, granted[gid].get("head"))
+                self._pull(gid, granted[gid].get("head"), listed_at)
             except GroupRefused as exc:
                 log.error("sync: group %r not mirrored: %s", gid, exc)
                 self._group_status(gid, error=str(exc))
@@ -264,17 +282,27 @@ class EdgeSyncer:
         with self._lock:
             self._status.groups.setdefault(gid, {}).update(values)
 
-    def _pull(self, gid: str, listed_head: object) -> None:
+    def _pull(self, gid: str, listed_head: object, listed_at: float) -> None:
         store = self._gallery.store
         st = mirror.state(store, gid) or mirror.adopt(store, gid, self._client.hub, self._model)
+        head = listed_head if isinstance(listed_head, int) and not isinstance(listed_head, bool) else None
         if st.model_id != self._model:
             log.warning(
                 "sync: group %r was mirrored for %s, now %s: resyncing", gid, st.model_id, self._model
             )
             mirror.request_snapshot(store, gid, model_id=self._model)
-        elif st.snapshot is None and isinstance(listed_head, int) and listed_head == st.cursor:
-            mirror.mark_caught_up(store, gid, listed_head)  # nothing new: one request per round, not 1 + N
-            self._group_status(gid, cursor=st.cursor, head=listed_head, behind=0, error=None)
+        elif st.snapshot is None and head is not None and head < st.cursor:
+            # The hub's feed went backwards (restored from a backup): what we hold may include writes the
+            # hub no longer has, and its new operations reuse our cursor's range. Only a snapshot is exact.
+            log.warning(
+                "sync: group %r: the hub's head %d is behind our cursor %d; resyncing", gid, head, st.cursor
+            )
+            mirror.request_snapshot(store, gid)
+        elif st.snapshot is None and head is not None and head == st.cursor:
+            mirror.mark_caught_up(
+                store, gid, head, listed_at
+            )  # nothing new: one request per round, not 1 + N
+            self._group_status(gid, cursor=st.cursor, head=head, behind=0, error=None)
             return
         while not self._stop.is_set():
             st = mirror.state(store, gid)
@@ -298,17 +326,25 @@ class EdgeSyncer:
     def _feed_page(self, gid: str, st: mirror.SyncState) -> bool:
         """Apply one feed page; True if more follow."""
         try:
-            page = self._client.get(f"/v1/sync/groups/{gid}/feed", {"after": st.cursor, **self._query()})
+            page = self._client.get(
+                f"/v1/sync/groups/{_seg(gid)}/feed", {"after": st.cursor, **self._query()}
+            )
         except HubRefused as exc:
             if exc.code != "resync_required":
                 raise
-            log.warning("sync: group %r: the hub compacted past cursor %d; taking a snapshot", gid, st.cursor)
+            log.warning("sync: group %r: the hub wants a snapshot (cursor %d): %s", gid, st.cursor, exc)
             mirror.request_snapshot(self._gallery.store, gid)
             return True
         nxt, more, head = _page_fields(page, snapshot=False)
-        if not isinstance(nxt, int) or nxt < st.cursor:
-            raise PageError(f"next cursor {nxt!r} is behind {st.cursor}")
+        if head < st.cursor:
+            mirror.request_snapshot(self._gallery.store, gid)  # the hub's feed went backwards
+            return True
+        if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt < st.cursor or nxt > head:
+            raise PageError(f"next cursor {nxt!r} is not between our cursor {st.cursor} and the head {head}")
+        if more and nxt == st.cursor:
+            raise PageError("a page with more to come did not move the cursor")
         ops = self._convert(gid, page["ops"])
+        self._check_room(gid, ops)
         changes = self._gallery.apply_mirror(
             gid,
             lambda: mirror.apply_page(
@@ -321,7 +357,7 @@ class EdgeSyncer:
     def _snapshot_page(self, gid: str, st: mirror.SyncState) -> bool:
         """Apply one snapshot page; True while the snapshot goes on."""
         query = self._query() | ({"token": st.snapshot} if st.snapshot else {})
-        page = self._client.get(f"/v1/sync/groups/{gid}/snapshot", query)
+        page = self._client.get(f"/v1/sync/groups/{_seg(gid)}/snapshot", query)
         nxt, more, head = _page_fields(page, snapshot=True)
         cursor = page.get("cursor")
         if not st.snapshot and not isinstance(cursor, int):
@@ -329,6 +365,7 @@ class EdgeSyncer:
         if nxt is not None and not isinstance(nxt, str):
             raise PageError("snapshot token is not a string")
         ops = self._convert(gid, page["ops"])
+        self._check_room(gid, ops)
         token = nxt if more else None
         self._gallery.apply_mirror(
             gid,
@@ -344,6 +381,12 @@ class EdgeSyncer:
         )
         self._group_status(gid, head=head, snapshot=token is not None, error=None)
         return True
+
+    def _check_room(self, gid: str, ops: list[MirrorOp]) -> None:
+        """A page that would overflow the index's max_elements is refused before anything is committed."""
+        n = sum(1 for op in ops if op.face is not None)
+        if n:
+            self._gallery.check_room(gid, self._model, n)
 
     # -- wire ops -> mirror ops --------------------------------------------------------------------------
 

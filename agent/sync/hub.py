@@ -117,7 +117,7 @@ class DeviceAuth:
         return dev
 
     def _fresh(self, ts: str) -> float:
-        if not ts.isdigit() or len(ts) > 16:
+        if not (ts.isascii() and ts.isdigit()) or len(ts) > 16:  # "²".isdigit() is True
             raise ApiError("auth_failed", "ts must be milliseconds since the epoch")
         signed_at = int(ts) / 1000
         if abs(time.time() - signed_at) > self._max_age_s:
