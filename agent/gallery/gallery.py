@@ -219,14 +219,17 @@ class Gallery:
         elif n > self.config.max_elements:
             raise InputError(f"{n} faces exceed max_elements", code="gallery_full")
 
-    def apply_mirror(self, group_id: str, apply: Callable[[], Changes]) -> Changes:
-        """Run one mirror.py transaction (`apply`) and bring the indexes in step, as one step for searches."""
-        changes = self._apply_mirror(group_id, apply)
+    def apply_mirror(
+        self, group_id: str, apply: Callable[[], Changes], threads: int | None = None
+    ) -> Changes:
+        """Run one mirror.py transaction (`apply`) and bring the indexes in step, as one step for searches.
+        `threads`: hnswlib threads for a large page (default gallery.build_threads)."""
+        changes = self._apply_mirror(group_id, apply, threads or self.config.build_threads)
         if changes.removed:
             self.store.scrub_wal()  # deleted embeddings leave the WAL too
         return changes
 
-    def _apply_mirror(self, group_id: str, apply: Callable[[], Changes]) -> Changes:
+    def _apply_mirror(self, group_id: str, apply: Callable[[], Changes], bulk_threads: int) -> Changes:
         with self._writing(), self._view.write(self.config.lock_timeout_s):
             changes = apply()
             if changes.group_deleted:
@@ -247,7 +250,7 @@ class Gallery:
                     idx.start_empty()
                 labels = np.asarray([lb for lb, _ in rows], dtype=np.int64)
                 vectors = np.stack([v for _, v in rows]).astype(np.float32)
-                threads = self.config.build_threads if len(rows) > 64 else 1
+                threads = bulk_threads if len(rows) > 64 else 1
                 self._apply(idx, lambda i=idx, lb=labels, v=vectors, t=threads: i.add(lb, v, threads=t))
         return changes
 

@@ -233,8 +233,13 @@ class MqttPublisher:
         agent.update(extra or {})
         if agent:
             stats["agent"] = agent
+        # Retained: a dashboard (or an operator with mosquitto_sub) that connects later sees the last figures
+        # at once, including the sync lag of an edge (agent.sync) that stopped reporting.
         info = self._client.publish(
-            self._topics.stats, encode(stats_payload(self._topics.device_id, stats, self._clock())), qos=QOS
+            self._topics.stats,
+            encode(stats_payload(self._topics.device_id, stats, self._clock())),
+            qos=QOS,
+            retain=True,
         )
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             self._bump("stats_skipped")

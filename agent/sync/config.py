@@ -79,6 +79,13 @@ class SyncConfig(_Strict):
         le=1 << 30,
         description="a larger answer is refused unread (a page may exceed page_bytes by one operation)",
     )
+    index_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="threads hnswlib uses to index a large page (a first sync, a snapshot); 0: every core. "
+        "Recognition shares them meanwhile; small pages always use one",
+    )
     thumbnails: Literal["auto", "always", "never"] = Field(
         "auto",
         description="aligned thumbnails to fetch and keep: auto = only where the hub's embedding is of "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import random
 import threading
 import time
@@ -111,6 +112,7 @@ class EdgeSyncer:
         self._lock = threading.Lock()
         self._status = SyncStatus()
         self._rng = random.Random()
+        self._threads = cfg.index_threads or os.cpu_count() or 1
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -350,6 +352,7 @@ class EdgeSyncer:
             lambda: mirror.apply_page(
                 self._gallery.store, gid, ops, cursor=nxt, snapshot=None, head=head, caught_up=not more
             ),
+            self._threads,
         )
         self._group_status(gid, cursor=nxt, head=head, behind=max(0, head - nxt), error=None)
         return more and not changes.group_deleted
@@ -378,6 +381,7 @@ class EdgeSyncer:
                 head=head,
                 caught_up=False,
             ),
+            self._threads,
         )
         self._group_status(gid, head=head, snapshot=token is not None, error=None)
         return True
