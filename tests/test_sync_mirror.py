@@ -315,3 +315,15 @@ def test_variant_reconciliation_leaves_mirrors_to_the_syncer(pair):
     # the device now runs another variant of the model; the mirror has no thumbnails to re-embed from
     reconcile(edge.config, Space(MODEL), lambda thumbs: np.zeros((len(thumbs), DIM), np.float32), "reembed")
     assert _state(edge, "staff") == before  # not refused, not touched: the syncer takes a snapshot
+
+
+def test_a_group_left_out_of_sync_groups_is_erased(pair):
+    hub, edge = pair
+    rng = np.random.default_rng(14)
+    for gid in ("a", "b"):
+        hub.create_group(gid)
+        hub.add_faces(gid, [NewFace("p", _vec(rng), MODEL)])
+    transport = FeedTransport(hub, ["a", "b"])
+    assert EdgeSyncer(_cfg(groups=["a", "b"]), edge, MODEL, transport).sync_once()
+    assert EdgeSyncer(_cfg(groups=["a"]), edge, MODEL, transport).sync_once()
+    assert {g.group_id for g in edge.list_groups()} == {"a"}

@@ -409,12 +409,15 @@ class HnswIndex:
         """Persist if changed. Holds the mutation lock while writing so the file matches the fingerprint."""
         if not self.ready or not self._dirty:
             return False
+        # A failure before the try below must not keep the mutation lock: nothing can fail in between.
+        # Lock order: the mutation lock, then the save lock, as discard() takes them (it runs under the
+        # mutation lock of a group delete or a mirror erase); the other order stalled both for lock_timeout_s.
+        if not self._mutation.acquire(timeout=self._cfg.lock_timeout_s):
+            raise TransientError("gallery write lock busy, index not saved", code="gallery_busy")
         with self._save_lock:
-            self._dir.mkdir(parents=True, exist_ok=True)
             tmp_file, tmp_meta = self.file.with_suffix(".hnsw.tmp"), self.sidecar.with_suffix(".json.tmp")
-            if not self._mutation.acquire(timeout=self._cfg.lock_timeout_s):
-                raise TransientError("gallery write lock busy, index not saved", code="gallery_busy")
             try:
+                self._dir.mkdir(parents=True, exist_ok=True)
                 fingerprint = self._store.fingerprint(self.group_id, self.model_id)
                 with self._rw.read(self._cfg.lock_timeout_s):
                     self._index.save_index(str(tmp_file))

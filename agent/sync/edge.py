@@ -254,9 +254,12 @@ class EdgeSyncer:
         return {g["group_id"]: g for g in groups}
 
     def _drop_ungranted(self, granted: dict[str, dict]) -> None:
+        wanted = set(self._cfg.groups) if self._cfg.groups is not None else None
         for st in mirror.states(self._gallery.store, self._client.hub):
             if st.group_id not in granted:
                 self._erase_group(st.group_id, "no longer granted or deleted on the hub")
+            elif wanted is not None and st.group_id not in wanted:
+                self._erase_group(st.group_id, "no longer in sync.groups")
 
     def _erase_group(self, group_id: str, why: str) -> None:
         changes = self._gallery.apply_mirror(
