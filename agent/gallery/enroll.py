@@ -45,6 +45,14 @@ class EnrollConfig(BaseModel):
         "NORMAL", description="quality gate level a face must pass (docs/quality.md)"
     )
     largest_face: bool = Field(False, description="take the largest face of an image with several")
+    retry_score: float | None = Field(
+        0.25,
+        ge=0.05,
+        le=0.99,
+        description="detector score of a second look at an image in which no face was found (as `eval` "
+        "does, so enrolment keeps the faces accuracy was measured on); the quality gate still applies; "
+        "null: no second look",
+    )
     batch_size: int = Field(16, ge=1, le=1000, description="faces per gallery commit (one fsync each)")
     max_batch_wait_s: float = Field(
         1.0,
@@ -309,6 +317,9 @@ class Enroller:
             data = self._read(item.path)
             image = self.engine.load(data)
             faces = self.engine.detect(image)
+            if not faces and self.config.retry_score is not None:  # a second, lower-threshold look
+                found = self.engine.detector.detect(image.pixels, score_threshold=self.config.retry_score)
+                faces = sorted(found, key=lambda f: -(f.box.width * f.box.height))
             if not faces:
                 return reject(("no_face",), "no face detected")
             if len(faces) > 1 and not self.config.largest_face:
