@@ -1,217 +1,101 @@
-"""A small thread-safe Prometheus registry and the text exposition format 0.0.4, written in-project.
+"""The agent's Prometheus metrics on prometheus_client, behind the small registry interface the agent uses.
 
-Counters, gauges, callback gauges (read at scrape time, e.g. queue depths) and histograms with fixed buckets,
-each optionally labelled. The number of label sets per metric is bounded: an extra label set still accepts
-updates, so callers never fail, but it is not exported and is counted in `dropped_series`.
+prometheus_client renders the text exposition format and keeps the values; this module adds only what it
+does not do: a bound on the label sets of each metric (an extra label set still accepts updates, so callers
+never fail, but it is not exported and is counted in `dropped_series`: a per-track or per-file label must
+not grow a scrape without limit), callback gauges read at scrape time whose failure omits only their value,
+`unregister` by name, and a refusal of the `le` label outside histograms. `_created` samples are off:
+dashboards do not use them and they doubled every counter's lines.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
-import math
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Generic, Protocol, TypeVar
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+prometheus_client.disable_created_metrics()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+_log = logging.getLogger("agent.metrics")
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_log = logging.getLogger("agent.metrics")
 
 LabelKey = tuple[str, ...]
-Row = tuple[str, dict[str, str], float]  # sample name, labels, value
 CallbackResult = float | Mapping[LabelKey, float] | None
 
 
-def format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class _Child(Protocol):
-    def samples(self) -> list[tuple[str, str | None, float]]:  # suffix, "le" value or None, value
-        ...
-
-
-class CounterChild:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._value = 0.0
+class _Detached:
+    """A label set beyond the bound: accepts every update, exports nothing."""
 
     def inc(self, amount: float = 1.0) -> None:
         if amount < 0:
-            raise ValueError(f"counters only go up, got inc({amount})")
-        with self._lock:
-            self._value += amount
-
-    @property
-    def value(self) -> float:
-        return self._value
-
-    def samples(self) -> list[tuple[str, str | None, float]]:
-        return [("", None, self._value)]
-
-
-class GaugeChild(CounterChild):
-    def inc(self, amount: float = 1.0) -> None:
-        with self._lock:
-            self._value += amount
+            raise ValueError("counters only go up")
 
     def dec(self, amount: float = 1.0) -> None:
-        self.inc(-amount)
+        pass
 
     def set(self, value: float) -> None:
-        with self._lock:
-            self._value = float(value)
-
-
-class HistogramChild:
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self._bounds = bounds  # finite upper bounds; +Inf is implicit
-        self._lock = threading.Lock()
-        self._counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last one is +Inf
-        self._sum = 0.0
+        pass
 
     def observe(self, value: float) -> None:
-        if math.isnan(value):
-            raise ValueError("cannot observe NaN")
-        index = bisect.bisect_left(self._bounds, value)  # first bound >= value, i.e. the "le" bucket
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
+        pass
 
     @contextmanager
     def time(self) -> Iterator[None]:
-        """Observe the wall time of the with-block in seconds."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.observe(time.perf_counter() - start)
-
-    def samples(self) -> list[tuple[str, str | None, float]]:
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        out: list[tuple[str, str | None, float]] = []
-        running = 0
-        for bound, count in zip((*self._bounds, math.inf), counts, strict=True):
-            running += count  # exposition buckets are cumulative
-            out.append(("_bucket", format_value(bound), float(running)))
-        out.append(("_sum", None, total))
-        out.append(("_count", None, float(running)))
-        return out
+        yield
 
 
-class _Base:
-    kind = "untyped"
+class _Metric:
+    """One prometheus_client metric with bounded label sets."""
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str]) -> None:
-        if not _NAME_RE.match(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        for label in labelnames:
-            if not _LABEL_RE.match(label) or label.startswith("__") or label == "le":
-                raise ValueError(f"invalid label name {label!r} for metric {name!r}")
-        if len(set(labelnames)) != len(labelnames):
-            raise ValueError(f"duplicate label names for metric {name!r}")
-        self.name = name
-        self.help = help_text
-        self.labelnames = tuple(labelnames)
-
-    def collect(self) -> list[Row]:
-        raise NotImplementedError
-
-
-C = TypeVar("C", bound=_Child)
-
-
-class _Metric(_Base, Generic[C]):
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str], max_series: int) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._max_series = max_series
-        self._children: dict[LabelKey, C] = {}
+    def __init__(self, inner: Any, labelnames: Sequence[str], max_series: int) -> None:
+        self._inner, self._labelnames, self._max = inner, tuple(labelnames), max_series
+        self._keys: set[LabelKey] = set()
         self._lock = threading.Lock()
         self.dropped_series = 0
+        self._detached = _Detached()
 
-    def _new_child(self) -> C:
-        raise NotImplementedError
-
-    def _child(self, key: LabelKey) -> C:
-        with self._lock:
-            child = self._children.get(key)
-            if child is not None:
-                return child
-            child = self._new_child()
-            if len(self._children) < self._max_series:
-                self._children[key] = child
-                return child
-            self.dropped_series += 1
-            first = self.dropped_series == 1
-        if first:
-            _log.warning(
-                "metric %s: over %d label sets; new ones are not exported", self.name, self._max_series
-            )
-        return child  # detached: accepts updates but is never rendered
-
-    def labels(self, *values: str, **named: str) -> C:
+    def labels(self, *values: str, **named: str) -> Any:
+        if values and named:
+            raise ValueError("give label values by position or by name, not both")
         if named:
-            if values or set(named) != set(self.labelnames):
-                raise ValueError(f"metric {self.name} takes labels {self.labelnames}, got {sorted(named)}")
-            values = tuple(named[n] for n in self.labelnames)
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"metric {self.name} takes labels {self.labelnames}, got {values}")
-        return self._child(tuple(str(v) for v in values))
-
-    def _only(self) -> C:
-        if self.labelnames:
-            raise ValueError(f"metric {self.name} has labels {self.labelnames}: use .labels(...)")
-        return self._child(())
-
-    def collect(self) -> list[Row]:
+            if set(named) != set(self._labelnames):
+                raise ValueError(f"labels must be exactly {self._labelnames}")
+            values = tuple(named[n] for n in self._labelnames)
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"expected {len(self._labelnames)} label values, got {len(values)}")
+        key = tuple(str(v) for v in values)
         with self._lock:
-            items = sorted(self._children.items())
-        rows: list[Row] = []
-        for key, child in items:
-            for suffix, le, value in child.samples():
-                labels = dict(zip(self.labelnames, key, strict=True))
-                if le is not None:
-                    labels["le"] = le
-                rows.append((self.name + suffix, labels, value))
-        return rows
+            if key not in self._keys:
+                if len(self._keys) >= self._max:
+                    self.dropped_series += 1
+                    return self._detached
+                self._keys.add(key)
+        return self._inner.labels(*key)
+
+    def _only(self) -> Any:
+        if self._labelnames:
+            raise ValueError("this metric has labels: use .labels(...)")
+        return self._inner
 
 
-class Counter(_Metric[CounterChild]):
-    kind = "counter"
-
-    def _new_child(self) -> CounterChild:
-        return CounterChild()
-
+class Counter(_Metric):
     def inc(self, amount: float = 1.0) -> None:
         self._only().inc(amount)
 
 
-class Gauge(_Metric[GaugeChild]):
-    kind = "gauge"
-
-    def _new_child(self) -> GaugeChild:
-        return GaugeChild()
-
+class Gauge(_Metric):
     def set(self, value: float) -> None:
         self._only().set(value)
 
@@ -222,21 +106,7 @@ class Gauge(_Metric[GaugeChild]):
         self._only().dec(amount)
 
 
-class Histogram(_Metric[HistogramChild]):
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help_text: str, labelnames: Sequence[str], max_series: int, buckets: Sequence[float]
-    ) -> None:
-        super().__init__(name, help_text, labelnames, max_series)
-        bounds = tuple(float(b) for b in buckets if not math.isinf(b))
-        if not bounds or any(math.isnan(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
-            raise ValueError(f"histogram {name}: buckets must be non-empty and strictly increasing")
-        self.bounds = bounds
-
-    def _new_child(self) -> HistogramChild:
-        return HistogramChild(self.bounds)
-
+class Histogram(_Metric):
     def observe(self, value: float) -> None:
         self._only().observe(value)
 
@@ -244,66 +114,78 @@ class Histogram(_Metric[HistogramChild]):
         return self._only().time()
 
 
-class CallbackGauge(_Base):
-    """A gauge read at scrape time. The callback returns a float, None (no value now: omitted) or, when
-    labelled, {label values tuple: float}. A failing callback drops only this metric from the scrape."""
-
-    kind = "gauge"
+class CallbackGauge(Collector):
+    """A gauge whose value(s) `fn()` gives at each scrape: a number, {label values: number}, or None (no
+    sample). A failing callback omits its samples (logged once), never the whole scrape."""
 
     def __init__(
         self, name: str, help_text: str, labelnames: Sequence[str], fn: Callable[[], CallbackResult]
-    ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._fn = fn
+    ):
+        self.name, self._help, self._labelnames, self._fn = name, help_text, list(labelnames), fn
         self.errors = 0
 
-    def _rows(self) -> list[Row]:
-        result = self._fn()
-        if result is None:
-            return []
-        if isinstance(result, Mapping):
-            pairs = [(tuple(str(v) for v in key), float(value)) for key, value in result.items()]
-        else:
-            pairs = [((), float(result))]
-        if any(len(key) != len(self.labelnames) for key, _ in pairs):
-            raise ValueError(f"callback returned label sets not matching {self.labelnames}")
-        return [
-            (self.name, dict(zip(self.labelnames, key, strict=True)), value) for key, value in sorted(pairs)
-        ]
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.name, self._help, labels=self._labelnames)]
 
-    def collect(self) -> list[Row]:
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self._help, labels=self._labelnames)
         try:
-            return self._rows()
+            result = self._fn()
+            if isinstance(result, Mapping):
+                rows = sorted((tuple(str(v) for v in k), float(x)) for k, x in result.items())
+            else:
+                rows = [] if result is None else [((), float(result))]
+            if any(len(k) != len(self._labelnames) for k, _ in rows):
+                raise ValueError(f"callback returned label sets not matching {self._labelnames}")
+            for key, value in rows:
+                family.add_metric(list(key), value)
         except Exception as exc:  # a broken callback must not break the whole scrape
             self.errors += 1
             if self.errors == 1:
                 _log.warning("metric %s: callback failed (%s); omitted from scrapes", self.name, exc)
-            return []
+            family = GaugeMetricFamily(self.name, self._help, labels=self._labelnames)
+        yield family
 
 
 class Registry:
-    """Holds metrics in registration order and renders them; names are unique."""
+    """The agent's metrics, by name, in one prometheus_client CollectorRegistry."""
 
     def __init__(self, *, max_series_per_metric: int = 500) -> None:
         self._max_series = max_series_per_metric
-        self._metrics: dict[str, _Base] = {}
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._by_name: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def _add(self, metric: _Base) -> None:
+    def _add(self, name: str, labelnames: Sequence[str], make: Callable[[], Any], histogram: bool = False):
+        # The classic name rules: prometheus_client also accepts UTF-8 names, which older scrapers refuse.
+        if not _NAME_RE.match(name) or not all(
+            _LABEL_RE.match(n) and not n.startswith("__") for n in labelnames
+        ):
+            raise ValueError(f"invalid metric or label name: {name} {list(labelnames)}")
+        if "le" in labelnames and not histogram:
+            raise ValueError("the label 'le' is reserved")
         with self._lock:
-            if metric.name in self._metrics:
-                raise ValueError(f"metric {metric.name!r} is already registered")
-            self._metrics[metric.name] = metric
+            if name in self._by_name:
+                raise ValueError(f"metric {name!r} is already registered")
+            collector = make()  # prometheus_client validates names, labels and buckets here
+            self._by_name[name] = collector
+            return collector
 
     def counter(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> Counter:
-        metric = Counter(name, help_text, labelnames, self._max_series)
-        self._add(metric)
-        return metric
+        inner = self._add(
+            name,
+            labelnames,
+            lambda: prometheus_client.Counter(name, help_text, labelnames, registry=self._registry),
+        )
+        return Counter(inner, labelnames, self._max_series)
 
     def gauge(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> Gauge:
-        metric = Gauge(name, help_text, labelnames, self._max_series)
-        self._add(metric)
-        return metric
+        inner = self._add(
+            name,
+            labelnames,
+            lambda: prometheus_client.Gauge(name, help_text, labelnames, registry=self._registry),
+        )
+        return Gauge(inner, labelnames, self._max_series)
 
     def histogram(
         self,
@@ -312,37 +194,37 @@ class Registry:
         labelnames: Sequence[str] = (),
         buckets: Sequence[float] = LATENCY_BUCKETS_S,
     ) -> Histogram:
-        metric = Histogram(name, help_text, labelnames, self._max_series, buckets)
-        self._add(metric)
-        return metric
+        if list(buckets) != sorted(buckets):
+            raise ValueError("histogram buckets must be sorted")
+        inner = self._add(
+            name,
+            labelnames,
+            lambda: prometheus_client.Histogram(
+                name, help_text, labelnames, registry=self._registry, buckets=tuple(buckets)
+            ),
+            histogram=True,
+        )
+        return Histogram(inner, labelnames, self._max_series)
 
     def gauge_callback(
         self, name: str, help_text: str, fn: Callable[[], CallbackResult], labelnames: Sequence[str] = ()
     ) -> CallbackGauge:
-        metric = CallbackGauge(name, help_text, labelnames, fn)
-        self._add(metric)
-        return metric
+        def make() -> CallbackGauge:
+            gauge = CallbackGauge(name, help_text, labelnames, fn)
+            self._registry.register(gauge)
+            return gauge
+
+        return self._add(name, labelnames, make)
 
     def unregister(self, name: str) -> None:
         with self._lock:
-            self._metrics.pop(name, None)
+            collector = self._by_name.pop(name, None)
+        if collector is not None:
+            self._registry.unregister(collector)
 
     def render(self) -> str:
         """The whole registry in text exposition format 0.0.4."""
-        with self._lock:
-            metrics = list(self._metrics.values())
-        lines: list[str] = []
-        for metric in metrics:
-            lines.append(f"# HELP {metric.name} {_escape_help(metric.help)}")
-            lines.append(f"# TYPE {metric.name} {metric.kind}")
-            for sample_name, labels, value in metric.collect():
-                body = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items())
-                lines.append(
-                    f"{sample_name}{{{body}}} {format_value(value)}"
-                    if body
-                    else f"{sample_name} {format_value(value)}"
-                )
-        return "\n".join(lines) + "\n" if lines else ""
+        return generate_latest(self._registry).decode("utf-8")
 
 
 class AgentMetrics:
