@@ -259,6 +259,48 @@ def openapi_document() -> dict[str, Any]:
             )
         },
     }
+    sync_ok = {"200": {"description": "a page (docs/sync.md)"}}
+    sync_errors = {
+        code: {"description": text}
+        for code, text in {
+            "400": "bad_argument",
+            "401": "auth_missing, auth_failed, auth_stale, auth_replayed, auth_unknown_key",
+            "403": "device_revoked, group_not_granted",
+            "404": "group_not_found",
+            "410": "resync_required (take a snapshot)",
+        }.items()
+    }
+    hub_note = "Served only by a hub (config section hub:); devices sign like the native API."
+
+    def _sync(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "summary": summary,
+            "description": hub_note,
+            "security": [{"nativeHmac": []}],
+            "parameters": params,
+            "responses": {**sync_ok, **sync_errors},
+        }
+
+    page = [
+        {"name": n, "in": "query", "schema": sch}
+        for n, sch in (
+            ("limit", INT),
+            ("max_bytes", INT),
+            ("thumbnails", {"type": "string", "enum": ["auto", "always", "never"]}),
+            ("model", STR),
+        )
+    ]
+    paths["/v1/sync/groups"] = {"get": _sync("the groups granted to this device, with their heads", [])}
+    paths["/v1/sync/groups/{group_id}/feed"] = {
+        "parameters": [g],
+        "get": _sync("operations after a cursor", [{"name": "after", "in": "query", "schema": INT}, *page]),
+    }
+    paths["/v1/sync/groups/{group_id}/snapshot"] = {
+        "parameters": [g],
+        "get": _sync(
+            "a page of the group's present state", [{"name": "token", "in": "query", "schema": STR}, *page]
+        ),
+    }
     return {
         "openapi": "3.0.3",
         "info": {

@@ -23,12 +23,13 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
     family: str
+    template: str = ""  # the path as written, e.g. /api/v1/groups/{group_id} (checked against the OpenAPI)
 
 
 def route(method: str, template: str, handler: Handler, family: str) -> Route:
     """`/api/v1/groups/{group_id}` -> a regex with one named group per `{name}` (one path segment)."""
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
-    return Route(method, re.compile(f"^{regex}$"), handler, family)
+    return Route(method, re.compile(f"^{regex}$"), handler, family, template)
 
 
 class Family(Protocol):
