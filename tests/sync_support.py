@@ -113,7 +113,11 @@ def wait_port(port: int, proc: Proc, timeout: float = 120) -> None:
         except OSError:
             return False
 
-    wait_for(up, timeout, f"port {port}", step=0.1)
+    try:
+        wait_for(up, timeout, f"port {port}", step=0.1)
+    except BaseException:
+        proc.stop()  # never leave a process behind a failed start
+        raise
 
 
 def request(

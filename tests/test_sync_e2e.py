@@ -74,8 +74,12 @@ def start_hub(tmp: Path, broker_port: int, devices: tuple[str, ...], port: int |
         assert out.returncode == 0, out.stderr
     info = {"port": port, "ca": tls["ca"], "tmp": tmp, "config": cfg, "prefix": f"synctest-{tmp.name}"}
     serve_hub(info)
-    status, body = call(info, "POST", "/api/v1/groups", {"group_id": GROUP})
-    assert status == 201, body
+    try:
+        status, body = call(info, "POST", "/api/v1/groups", {"group_id": GROUP})
+        assert status == 201, body
+    except BaseException:
+        info["proc"].stop()  # a failed set-up must not leave a hub running after the tests
+        raise
     return info
 
 
