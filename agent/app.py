@@ -305,8 +305,11 @@ class AgentApp:
         return text
 
     def _gallery_faces(self) -> int:
-        """Faces of the recognition group and model (also exported as face_agent_gallery_size)."""
-        faces = self.gallery.store.fingerprint(self.cfg.recognition.group_id, self.engine.model_id)[0]
+        """Faces of the recognition group and model in the loaded index, the ones recognition matches
+        against (also face_agent_gallery_size). Not SQLite's count: faces another process enrolled are
+        there before a reload brings them into the index."""
+        idx = self.gallery.index(self.cfg.recognition.group_id, self.engine.model_id)
+        faces = idx.stats()["live"] if idx is not None else 0
         self.metrics.gallery_size.set(faces)
         return faces
 

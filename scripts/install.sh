@@ -223,8 +223,11 @@ else
     fi
     say "+ $DOCTOR_CMD"
     if [ "$DRY_RUN" = 0 ]; then
+        # With the unit's UMask=0077: the runtimes write into the service user's home, which is the state
+        # directory (OpenVINO's intel/openvino_ga_cid); with a shell's umask 022 doctor's own
+        # state-permissions check then FAILs on those files.
         # shellcheck disable=SC2086
-        if $DOCTOR_CMD; then
+        if (umask 077 && $DOCTOR_CMD); then
             say "doctor: all checks OK"
         else
             say "doctor reported problems (see the fix hints above); rerun: $DOCTOR_CMD"
