@@ -29,10 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Commands that create or write the state dir (gallery embeddings and thumbnails, the event outbox; doctor: the
-# runtimes' caches in the service user's home, which is the state dir). They run
-# with umask 077, as the systemd unit does (UMask=0077), so a quick start from a shell creates biometric state
-# 0700 / 0600 too, not 0755 / 0644 (which `doctor` then rightly FAILs).
+# Commands that create or write the state dir (gallery embeddings and thumbnails, the event outbox; doctor:
+# the runtimes' caches in the service user's home, which is the state dir). They run with umask 077, as the
+# systemd unit does (UMask=0077), so a quick start from a shell creates biometric state 0700 / 0600 too, not
+# 0755 / 0644 (which `doctor` then rightly FAILs).
 _WRITES_STATE = {"run", "sync", "serve", "enroll", "gallery", "erase", "hub", "doctor"}
 
 
