@@ -114,45 +114,52 @@ def _face_at(yaw: float = 0.0, pitch: float = 0.0) -> Face:
     return Face(Box(150, 150, 250, 250), 0.9, pts.astype(np.float32))
 
 
+# One step, no onset window, no hold: the movement rule alone (windows: tests/test_challenge_steps.py).
+ONE_STEP = ChallengeConfig(steps=1, onset_min_s=0.0, onset_max_s=5.0, hold_s=0.0, timeout_s=5.0)
+
+
 def test_challenge_verified_from_pose():
-    assert Challenge().instruction in CHALLENGES
-    ok = Challenge(instruction="turn_left", min_change=15)
+    assert all(i in CHALLENGES for i in Challenge().instructions) and len(Challenge().instructions) == 3
+    ok = Challenge(ONE_STEP, ["turn_left"])
     assert [ok.update(_face_at(yaw=y), t) for t, y in enumerate((0, 5, 10, 20))] == [None, None, None, True]
-    wrong = Challenge(instruction="turn_left", min_change=15)
+    wrong = Challenge(ONE_STEP, ["turn_left"])
     assert [wrong.update(_face_at(yaw=y), t) for t, y in enumerate((0, -8, -18))] == [None, None, False]
-    late = Challenge(instruction="look_up", timeout_s=2.0)
+    assert wrong.reason == "wrong_direction"
+    late = Challenge(ONE_STEP.model_copy(update={"timeout_s": 2.0, "onset_max_s": 2.0}), ["look_up"])
     steps = ((0.0, 0), (1.0, 3), (2.5, 5))
     assert [late.update(_face_at(pitch=p), t) for t, p in steps] == [None, None, False]
+    assert late.outcome == "timed_out"
     with pytest.raises(InputError):
-        Challenge(instruction="smile")
+        Challenge(instructions=["smile"])
 
 
 def test_challenge_outcomes_and_deadline_from_the_issue_time():
     # Issued at t=10 with 3 s: the first frame comes late (t=12) and only sets the start pose.
-    slow = Challenge(instruction="turn_left", timeout_s=3.0, issued_at=10.0)
+    cfg = ONE_STEP.model_copy(update={"timeout_s": 3.0, "onset_max_s": 3.0})
+    slow = Challenge(cfg, ["turn_left"], issued_at=10.0)
     assert [slow.update(_face_at(yaw=y), t) for t, y in ((12.0, 0), (13.5, 20))] == [None, False]
     assert slow.outcome == "timed_out"  # the turn came after the deadline: it does not count
-    ok = Challenge(instruction="look_down", issued_at=0.0)
+    ok = Challenge(ONE_STEP, ["look_down"], issued_at=0.0)
     assert [ok.update(_face_at(pitch=p), t) for t, p in ((0.1, 0), (0.5, -20))] == [None, True]
-    assert ok.outcome == "passed"
+    assert ok.outcome == "passed" and ok.reason is None
     ok.abandon(1.0)
     assert ok.outcome == "passed"  # a decided challenge stays decided
-    wrong = Challenge(instruction="turn_right", issued_at=0.0)
+    wrong = Challenge(ONE_STEP, ["turn_right"], issued_at=0.0)
     wrong.update(_face_at(yaw=0), 0.1)
     assert wrong.update(_face_at(yaw=18), 0.2) is False and wrong.outcome == "failed"
-    gone = Challenge(instruction="look_up", timeout_s=5.0, issued_at=0.0)
+    gone = Challenge(ONE_STEP, ["look_up"], issued_at=0.0)
     gone.update(_face_at(), 0.1)
     gone.abandon(2.0)
     assert gone.result is False and gone.outcome == "abandoned"
-    late = Challenge(instruction="look_up", timeout_s=5.0, issued_at=0.0)
+    late = Challenge(ONE_STEP, ["look_up"], issued_at=0.0)
     late.abandon(6.0)
-    assert late.outcome == "timed_out"
+    assert late.outcome == "timed_out" and late.reason == "deadline"
 
 
 def test_a_person_who_keeps_failing_is_locked_out():
     """3 failed challenges of one person within 300 s: their next track gets no challenge ("locked", a
     failure) until the oldest failure is 300 s old; other people are not affected."""
-    cfg = ChallengeConfig(max_failures=3, lockout_s=300.0)
+    cfg = ONE_STEP.model_copy(update={"max_failures": 3, "lockout_s": 300.0})
     ch = TrackChallenges(cfg, max_tracks=8, choose=lambda: "turn_left")
 
     def attempt(track: int, person: str, t: float, yaw: float) -> str:
@@ -170,7 +177,8 @@ def test_a_person_who_keeps_failing_is_locked_out():
     states = [(n.track_id, n.state) for n in ch.drain()]
     assert (3, "locked") in states and (3, "issued") not in states
     assert ch.counters["challenges_locked"] == 2 and ch.counters["challenges_failed"] == 3
-    never = TrackChallenges(ChallengeConfig(lockout_s=0), max_tracks=8, choose=lambda: "turn_left")
+    no_lockout = ONE_STEP.model_copy(update={"lockout_s": 0})
+    never = TrackChallenges(no_lockout, max_tracks=8, choose=lambda: "turn_left")
     for i in range(5):
         active = never.issue(i, float(i), "bob")
         never.close(active, i + 0.5)

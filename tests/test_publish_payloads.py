@@ -217,6 +217,8 @@ def challenge(**over) -> ChallengeMessage:
         deadline=1_700_000_006.5,
         at=1_700_000_000.5,
         person_id="p1",
+        step=2,
+        steps=3,
     )
     fields.update(over)
     return ChallengeMessage(**fields)
@@ -226,7 +228,7 @@ def test_challenge_messages_on_their_own_topic() -> None:
     out = io.StringIO()
     sink = StdoutSink(PublishConfig(device_id="dev"), out)
     sink.publish_challenge(challenge())
-    sink.publish_challenge(challenge(state="timed_out", at=1_700_000_007.0))
+    sink.publish_challenge(challenge(state="timed_out", at=1_700_000_007.0, reason="late"))
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["topic"] for line in lines] == ["face-agent/dev/cameras/kiosk/challenge"] * 2
     issued, decided = (line["payload"] for line in lines)
@@ -240,6 +242,9 @@ def test_challenge_messages_on_their_own_topic() -> None:
         "state": "issued",
         "instruction": "look_up",
         "text": "look up",
+        "step": 2,
+        "steps": 3,
+        "reason": None,
         "issued_at": "2023-11-14T22:13:20.500Z",
         "deadline": "2023-11-14T22:13:26.500Z",
         "decided_at": None,
@@ -247,6 +252,7 @@ def test_challenge_messages_on_their_own_topic() -> None:
         "published_at": issued["published_at"],
     }
     assert decided["state"] == "timed_out" and decided["decided_at"] == "2023-11-14T22:13:27.000Z"
+    assert decided["reason"] == "late"
 
 
 @pytest.mark.parametrize(
@@ -260,6 +266,10 @@ def test_challenge_messages_on_their_own_topic() -> None:
         {"challenge_id": ""},
         {"deadline": 1_600_000_000.0},  # before it was issued
         {"at": math.nan},
+        {"step": 4},  # beyond steps
+        {"step": 0},
+        {"steps": 6},
+        {"reason": "bored"},
     ],
 )
 def test_bad_challenge_messages_raise_input_error(over: dict) -> None:

@@ -1,8 +1,9 @@
 """The kiosk's challenge messages: `<prefix>/<device>/cameras/<camera>/challenge`, schema
-`face-agent/challenge/1` (docs/mqtt.md). One message when a track's challenge is issued (the kiosk shows
-`text`), one when it is decided (`passed`, `failed`, `timed_out`, `abandoned`). They go through the same
-outbox as events (QoS 1, in order with them), so a kiosk must ignore an `issued` message whose `deadline`
-has passed: after an outage it arrives late.
+`face-agent/challenge/1` (docs/mqtt.md). One `issued` message per step of a track's challenge (the kiosk
+shows `text` at once: the step's response window starts when it was issued), one when it is decided
+(`passed`, `failed`, `timed_out`, `abandoned`, `locked`; `reason` says why it did not pass). They go
+through the same outbox as events (QoS 1, in order with them), so a kiosk must ignore an `issued` message
+whose `deadline` has passed: after an outage it arrives late.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import InputError
-from agent.gates.challenge import CHALLENGES, OUTCOMES
+from agent.gates.challenge import CHALLENGES, OUTCOMES, REASONS
 from agent.publish.outbox import OutMessage
 from agent.publish.payloads import SCHEMA_VERSION, encode, iso_time
 from agent.publish.topics import Topics, check_level
@@ -35,6 +36,9 @@ class ChallengeMessage:
     deadline: float
     at: float  # when this state was reached (= issued_at for "issued")
     person_id: str | None = None
+    step: int = 1  # 1-based step of the instruction; the decision carries the step it was made at
+    steps: int = 1
+    reason: str | None = None  # why a decided challenge did not pass (REASONS); None while issued or passed
 
     def __post_init__(self) -> None:
         check_level(self.camera_id, "camera id")
@@ -42,6 +46,11 @@ class ChallengeMessage:
             raise InputError(f"unknown challenge {self.instruction!r}", code="invalid_event")
         if self.state not in STATES:
             raise InputError(f"challenge state must be one of {STATES}", code="invalid_event")
+        steps_ok = isinstance(self.steps, int) and isinstance(self.step, int)
+        if not (steps_ok and 1 <= self.step <= self.steps <= 5):
+            raise InputError("challenge step must be 1..steps (steps 1..5)", code="invalid_event")
+        if self.reason is not None and self.reason not in REASONS:
+            raise InputError(f"challenge reason must be one of {REASONS}", code="invalid_event")
         if not isinstance(self.track_id, int) or self.track_id < 0:
             raise InputError("track_id must be a non-negative int", code="invalid_event")
         if not (isinstance(self.challenge_id, str) and 0 < len(self.challenge_id) <= 64):
@@ -65,6 +74,9 @@ def challenge_payload(msg: ChallengeMessage, device_id: str) -> dict[str, Any]:
         "state": msg.state,
         "instruction": msg.instruction,
         "text": msg.text,
+        "step": msg.step,
+        "steps": msg.steps,
+        "reason": msg.reason,
         "issued_at": iso_time(msg.issued_at),
         "deadline": iso_time(msg.deadline),
         "decided_at": None if msg.state == "issued" else iso_time(msg.at),

@@ -3,11 +3,13 @@
 Owned by one `FaceTracker` (agent/recognition/tracking.py) on a camera with `cameras[].liveness_challenge`
 (HIGH only).
 When a track is decided known and its liveness has not yet been reported as passed, it gets one challenge:
-that is the moment a kiosk greets the person, so the instruction appears with the greeting. Every later frame
-of the track feeds it; its outcome goes into the track's liveness report (`with_challenge`) before the
-verdict, so HIGH (with `require_challenge`) passes only after the requested movement. One challenge per
-track, never re-issued: re-asking would let a replayed video try the instructions until one matches what it
-shows. A person who failed steps out of view and comes back (a new track, a new random instruction).
+that is the moment a kiosk greets the person, so the first instruction appears with the greeting. Every later
+frame of the track feeds it; each step it completes makes an "issued" notice for the next instruction (the
+kiosk shows it then, and that moment starts the step's onset window); its outcome goes into the track's
+liveness report (`with_challenge`) before the verdict, so HIGH (with `require_challenge`) passes only after
+every requested movement. One challenge per track, never re-issued: re-asking would let a replayed video try
+the instructions until one matches what it shows. A person who failed steps out of view and comes back (a
+new track, new random instructions).
 
 A person (the gallery person the track was recognized as) who failed `max_failures` challenges within the
 last `lockout_s` gets no further challenge until the oldest of those failures is `lockout_s` old: the track's
@@ -15,8 +17,9 @@ challenge is decided "locked" at once, a failure. So one person has at most `max
 `lockout_s` window. A replayed recording passes a random instruction by chance
 now and then (docs/liveness.md), so without this an attacker would step in and out of view until it did.
 
-Each change (issued, then one outcome; or only "locked") is a `ChallengeNotice`, kept in a bounded deque until
-the pipeline takes it (`drain`). Clocks are the tracker's clock; the pipeline turns them into wall time.
+Each change (issued once per step, then one outcome; or only "locked") is a `ChallengeNotice`, kept in a
+bounded deque until the pipeline takes it (`drain`). Clocks are the tracker's clock; the pipeline turns them
+into wall time.
 """
 
 from __future__ import annotations
@@ -26,17 +29,18 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.gates.challenge import Challenge, ChallengeConfig
+from agent.gates.challenge import Challenge, ChallengeConfig, draw_instructions
 from agent.gates.liveness import LIVENESS_LEVELS, LivenessThresholds
 from agent.types import Face
 
-Chooser = Callable[[], str]  # returns an instruction of CHALLENGES; None in production: `secrets` decides
+Chooser = Callable[[], str]  # one instruction of CHALLENGES per call (step); None in production: `secrets`
 MAX_PEOPLE = 4096  # persons whose recent failures are remembered (oldest forgotten first)
 
 
 @dataclass(frozen=True)
 class ChallengeNotice:
-    """A challenge was issued to a track (`state` "issued") or decided (`state` one of OUTCOMES)."""
+    """A step of a track's challenge was shown (`state` "issued", `step` 1..`steps`) or the challenge was
+    decided (`state` one of OUTCOMES, `reason` why when not passed)."""
 
     track_id: int
     challenge_id: str
@@ -47,6 +51,9 @@ class ChallengeNotice:
     deadline_clock: float
     clock: float  # when this notice was made (tracker clock)
     person_id: str | None  # the gallery person the track was recognized as (its outer id)
+    step: int = 1
+    steps: int = 1
+    reason: str | None = None
 
     @property
     def follows_event(self) -> bool:
@@ -82,8 +89,8 @@ class TrackChallenges:
     def __init__(self, config: ChallengeConfig, max_tracks: int, choose: Chooser | None = None) -> None:
         self.config = config
         self._choose = choose
-        # Each track makes at most two notices; the pipeline drains them after every frame.
-        self._notices: deque[ChallengeNotice] = deque(maxlen=4 * max_tracks)
+        # Each track makes at most steps + 1 notices; the pipeline drains them after every frame.
+        self._notices: deque[ChallengeNotice] = deque(maxlen=(config.steps + 2) * max_tracks)
         self.counters = {
             "challenges_issued": 0,
             "challenges_passed": 0,
@@ -95,10 +102,8 @@ class TrackChallenges:
 
     def issue(self, track_id: int, clock: float, person_id: str | None) -> ActiveChallenge:
         """A new challenge for a track; the frames after `clock` are its evidence."""
-        instruction = self._choose() if self._choose is not None else None
-        challenge = Challenge(
-            self.config.timeout_s, self.config.min_change, instruction=instruction, issued_at=clock
-        )
+        instructions = draw_instructions(self.config.steps, self._choose)
+        challenge = Challenge(self.config, instructions, issued_at=clock)
         active = ActiveChallenge(challenge, secrets.token_hex(16), track_id, person_id)
         if self.locked(person_id, clock):
             challenge.lock()
@@ -120,14 +125,18 @@ class TrackChallenges:
 
     def feed(self, active: ActiveChallenge, face: Face, clock: float) -> None:
         """One frame of the track; a notice when this frame decided the challenge."""
-        if active.challenge.result is not None:
+        ch = active.challenge
+        if ch.result is not None:
             return
+        step = ch.step
         try:
-            active.challenge.update(face, clock)
+            ch.update(face, clock)
         except ValueError:  # keypoints unusable for a pose: this frame says nothing; the deadline still runs
             return
-        if active.challenge.result is not None:
+        if ch.result is not None:
             self._decided(active, clock)
+        elif ch.step != step:  # the next instruction is shown now
+            self._notice(active, "issued", clock)
 
     def close(self, active: ActiveChallenge, clock: float) -> None:
         """The track ended: a pending challenge is timed out (deadline passed) or abandoned."""
@@ -156,7 +165,7 @@ class TrackChallenges:
 
     def _notice(self, active: ActiveChallenge, state: str, clock: float) -> None:
         ch = active.challenge
-        issued = ch.issued_at if ch.issued_at is not None else clock
+        issued = ch.step_shown_at if ch.step_shown_at is not None else clock
         self._notices.append(
             ChallengeNotice(
                 active.track_id,
@@ -165,8 +174,11 @@ class TrackChallenges:
                 ch.text,
                 state,
                 issued,
-                issued + ch.timeout_s,
+                issued + ch.config.timeout_s,
                 clock,
                 active.person_id,
+                step=ch.step + 1,
+                steps=ch.steps,
+                reason=ch.reason,
             )
         )

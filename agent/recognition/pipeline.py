@@ -121,6 +121,9 @@ def challenge_message(camera_id: str, notice: ChallengeNotice, clock: float, wal
         deadline=wall + notice.deadline_clock - clock,
         at=wall + notice.clock - clock,
         person_id=notice.person_id,
+        step=notice.step,
+        steps=notice.steps,
+        reason=notice.reason,
     )
 
 
