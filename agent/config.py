@@ -18,6 +18,7 @@ from agent.errors import ConfigError
 from agent.gallery.config import DEFAULT_GROUP, GalleryConfig
 from agent.gates.blink import BlinkConfig
 from agent.gates.challenge import ChallengeConfig
+from agent.gates.depth import DepthGateConfig
 from agent.ops.log import LogConfig
 from agent.ops.metrics_config import MetricsConfig
 from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig
@@ -132,7 +133,7 @@ def parse_model(cls: type[Strict], data: object, source: str = "config") -> Stri
 # ------------------------------------------------------------------------------------------------------------
 
 
-SourceKind = Literal["auto", "device", "stream", "file", "folder", "gstreamer"]
+SourceKind = Literal["auto", "device", "stream", "file", "folder", "gstreamer", "realsense"]
 _STREAM_RE = re.compile(r"^(rtsps?|rtmp|https?|udp|tcp)://", re.IGNORECASE)
 
 
@@ -140,6 +141,8 @@ def source_kind(source: str) -> str:
     """Guess the kind of a camera source string: device index/path, stream URL, GStreamer, folder or file."""
     if source.strip().isdigit() or source.startswith("/dev/"):
         return "device"
+    if source == "realsense" or source.startswith("realsense:"):  # realsense[:<serial number>]
+        return "realsense"
     if _STREAM_RE.match(source):
         return "stream"
     if "!" in source:  # GStreamer pipelines are elements joined by '!'
@@ -156,7 +159,8 @@ class CameraConfig(Strict):
         min_length=1,
         max_length=4096,
         description="device index ('0') or path (/dev/video0), rtsp:// or http:// URL, video file, image "
-        "folder, or a GStreamer pipeline ending in appsink (e.g. nvarguscamerasrc ! ... ! appsink)",
+        "folder, a GStreamer pipeline ending in appsink (e.g. nvarguscamerasrc ! ... ! appsink), or "
+        "'realsense' / 'realsense:<serial>' (an Intel RealSense: colour with depth aligned to it)",
     )
     kind: SourceKind = Field("auto", description="source kind; auto guesses it from `source`")
     realtime: bool = Field(
@@ -202,6 +206,13 @@ class CameraConfig(Strict):
         "liveness level HIGH on this camera (docs/liveness.md); unset: no challenge",
     )
 
+    depth: DepthGateConfig | None = Field(
+        None,
+        description="depth evidence from a depth camera (source 'realsense'): each face must show a real "
+        "face's relief and size; with require (default) access is granted only with it (docs/liveness.md, "
+        "Depth evidence); unset: no depth check",
+    )
+
     @field_validator("id")
     @classmethod
     def _topic_safe(cls, value: str) -> str:
@@ -222,6 +233,11 @@ class CameraConfig(Strict):
     def _backoff(self) -> CameraConfig:
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        if self.depth is not None and self.resolved_kind != "realsense":
+            raise ValueError(
+                f"camera {self.id}: depth needs a depth camera source ('realsense' or 'realsense:<serial>'), "
+                f"not a {self.resolved_kind}"
+            )
         return self
 
     @property

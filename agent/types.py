@@ -79,3 +79,17 @@ class Image:
     @property
     def height(self) -> int:
         return int(self.pixels.shape[0])
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """A depth image registered to a colour frame's pixels (the depth camera's SDK aligned it), in mm.
+
+    `depth_mm[y, x]` is the distance along the optical axis of what colour pixel (x, y) shows; 0 where the
+    sensor has no value. `fx`, `fy` are the colour camera's focal lengths in pixels (physical size from
+    pixels). `skew_s` is how far apart in time the depth and the colour frame were taken."""
+
+    depth_mm: np.ndarray = field(repr=False)  # (H, W) float32
+    fx: float
+    fy: float
+    skew_s: float = 0.0

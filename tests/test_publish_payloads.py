@@ -62,6 +62,7 @@ def test_recognized_payload_has_every_documented_field() -> None:
         "liveness_level": "HIGH",
         "liveness_reasons": [],
         "liveness_challenge": "passed",
+        "depth": None,  # a camera without a depth check (with one: tests/test_depth_liveness.py)
         "model_id": "m",
         "captured_at": "2023-11-14T22:13:20.250Z",
         "source": None,  # a live camera; files and folders name the file and frame (tests/test_first_hour.py)

@@ -18,6 +18,7 @@ import numpy as np
 
 from agent.config import CameraConfig
 from agent.errors import ConfigError, DeviceError, TransientError
+from agent.types import DepthFrame
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class RawFrame:
     media_time: float | None = None
     file: str | None = None  # files and folders: the file's name, carried into events
     index: int | None = None  # its frame number in a video; for an image, which of its frames_per_image
+    depth: DepthFrame | None = None  # depth cameras: depth registered to `pixels`
 
 
 class FrameSource(Protocol):
@@ -223,4 +225,8 @@ def open_source(cfg: CameraConfig) -> FrameSource:
         return ImageFolderSource(cfg, realtime=cfg.realtime)
     if kind in ("device", "stream", "file", "gstreamer"):
         return OpenCVSource(cfg, kind, realtime=cfg.realtime)
+    if kind == "realsense":
+        from agent.capture.realsense import RealSenseSource  # pyrealsense2 only where it is used
+
+        return RealSenseSource(cfg)
     raise ConfigError(f"camera {cfg.id}: unknown source kind {kind!r}")

@@ -21,6 +21,7 @@ from agent.capture.sources import FrameSource, RawFrame
 from agent.config import CameraConfig
 from agent.errors import AgentError, TransientError
 from agent.ops.log import StateLog
+from agent.types import DepthFrame
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Frame:
     offset: tuple[int, int] = (0, 0)
     media_time: float | None = None  # position in a file read faster than real time (the tracker's clock)
     origin: tuple[str, int] | None = None  # files and folders: (file name, frame index in it), for events
+    depth: DepthFrame | None = None  # depth cameras: depth registered to `pixels` (same rotation and ROI)
 
 
 class LatestFrameSlot:
@@ -265,7 +267,14 @@ class CaptureWorker:
         self._seq += 1
         media = raw.media_time if not self.source.live else None
         origin = (raw.file, raw.index) if raw.file is not None and raw.index is not None else None
-        frame = Frame(self.cfg.id, self._seq, pixels, time.time(), now, offset, media, origin)
+        depth = None
+        if raw.depth is not None:  # the same rotation and crop as the colour pixels, so they stay registered
+            d_px, _ = preprocess(raw.depth.depth_mm, self.cfg)
+            fx, fy = raw.depth.fx, raw.depth.fy
+            if self.cfg.rotate in (90, 270):
+                fx, fy = fy, fx
+            depth = DepthFrame(d_px, fx, fy, raw.depth.skew_s)
+        frame = Frame(self.cfg.id, self._seq, pixels, time.time(), now, offset, media, origin, depth)
         self.frames += 1
         self._on_frame(self.cfg.id)
         if self.source.live:

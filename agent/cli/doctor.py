@@ -408,6 +408,20 @@ def check_cameras(
     return Check("cameras", "OK", f"opened {', '.join(opened)}{note}")
 
 
+def check_liveness(camera: str, level: str, steps: int | None, depth: bool, required: bool) -> Check:
+    """What the camera's liveness stops, in words; FAIL when its depth camera's SDK is not installed."""
+    from agent.gates.stops import liveness_summary
+
+    text = f"camera {camera}: {level}: {liveness_summary(level, steps, depth, required)}"
+    if depth:
+        try:
+            import pyrealsense2  # noqa: F401
+        except ImportError:
+            fix = "pip install pyrealsense2 (Jetson: the vendor's librealsense Python build)"
+            return Check("liveness", "FAIL", f"{text}; pyrealsense2 is not installed", fix)
+    return Check("liveness", "OK", text)
+
+
 # -- network -------------------------------------------------------------------------------------------------
 
 
@@ -608,6 +622,8 @@ class DoctorTargets:
     gallery: GalleryConfig | None = None
     hub_feed: bool = False  # the config has a hub: section: report its change feed
     sync_staleness_s: float | None = None  # the config has a sync: section: report the mirrors
+    # per camera: (id, liveness level, challenge steps or None, depth configured, depth required)
+    liveness: tuple[tuple[str, str, int | None, bool, bool], ...] = ()
 
 
 def run_checks(
@@ -641,6 +657,7 @@ def run_checks(
         checks.append(check_feed(targets.gallery))
     if targets.sync_staleness_s is not None and targets.gallery is not None:
         checks.append(check_sync(targets.gallery, targets.sync_staleness_s))
+    checks += [check_liveness(*cam) for cam in targets.liveness]
     checks.append(check_disk(targets.state_dir, cfg.min_free_mb, cfg.warn_free_mb))
     checks.append(check_clock())
     checks.append(check_state_permissions(targets.state_dir))
@@ -709,6 +726,16 @@ def resolve_targets(
         hub_feed=agent_cfg.hub is not None,
         sync_staleness_s=agent_cfg.sync.max_staleness_s if agent_cfg.sync is not None else None,
         camera_devices=devices,
+        liveness=tuple(
+            (
+                c.id,
+                c.liveness_level or agent_cfg.recognition.liveness_level,
+                c.liveness_challenge.steps if c.liveness_challenge is not None else None,
+                c.depth is not None,
+                c.depth is not None and c.depth.require,
+            )
+            for c in agent_cfg.cameras
+        ),
         # --state-dir moves the gallery with it, as it does for `run` (unless the config names a path).
         gallery=agent_cfg.gallery
         if state_dir is None or agent_cfg.gallery.path != agent_cfg.state_dir / "gallery"

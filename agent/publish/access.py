@@ -21,6 +21,9 @@ QUALITY_TOO_LOW = "quality_too_low"
 LIVENESS_MISSING = "liveness_missing"
 LIVENESS_TOO_LOW = "liveness_too_low"
 GALLERY_STALE = "gallery_stale"  # the person's group is mirrored from a hub the edge has not reached lately
+# A camera that requires depth evidence (cameras[].depth.require) denies without it, naming why with the
+# depth gate's own codes: depth_missing, depth_stale, depth_flat, depth_scale (agent/gates/depth.py).
+DEPTH_MISSING = "depth_missing"
 
 
 class Evidence(Protocol):
@@ -43,6 +46,15 @@ class Evidence(Protocol):
 
     @property
     def gallery_stale(self) -> bool: ...
+
+    @property
+    def depth_required(self) -> bool: ...
+
+    @property
+    def depth_passed(self) -> bool | None: ...
+
+    @property
+    def depth_reasons(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,8 @@ def decide(event: Evidence, policy: AccessPolicyConfig) -> AccessDecision:
         reasons.append(GROUP_NOT_ALLOWED)
     if event.is_known and event.gallery_stale:
         reasons.append(GALLERY_STALE)
+    if event.depth_required and not event.depth_passed:  # fails closed: no verdict is no evidence
+        reasons += list(event.depth_reasons) or [DEPTH_MISSING]
     if event.is_known and policy.min_far_level > 0:
         if event.far_level is None:
             reasons.append(FAR_LEVEL_MISSING)

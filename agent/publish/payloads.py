@@ -17,6 +17,7 @@ from typing import Any
 
 from agent.errors import InputError
 from agent.gates.challenge import OUTCOMES
+from agent.gates.depth import DEPTH_REASONS
 from agent.publish.access import AccessDecision, decide
 from agent.publish.config import LEVELS, AccessPolicyConfig, HomeAssistantConfig, PublishConfig
 from agent.publish.outbox import OutMessage
@@ -63,6 +64,8 @@ class RecognitionEvent:
     liveness_reasons: reason codes (agent.gates.liveness.REASONS) of the camera's liveness level; () = met;
     None = liveness is off on the camera.
     liveness_challenge: the track's active challenge, "pending" or its outcome; None = no challenge issued.
+    depth_*: the track's depth evidence (cameras with `depth`, agent/gates/depth.py); depth_passed None = the
+    camera has no depth check; depth_required: the camera grants access only with passed depth evidence.
     """
 
     camera_id: str
@@ -85,6 +88,10 @@ class RecognitionEvent:
     source_file: str | None = None  # files and folders: the file the deciding frame came from
     source_frame: int | None = None  # and its frame index in that file
     gallery_stale: bool = False  # matched in a mirrored group the edge has not synced for too long
+    depth_required: bool = False
+    depth_passed: bool | None = None
+    depth_relief_mm: float | None = None
+    depth_reasons: tuple[str, ...] = ()
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
@@ -117,6 +124,12 @@ class RecognitionEvent:
             or not all(isinstance(r, str) and 0 < len(r) <= 64 for r in self.liveness_reasons)
         ):
             raise _bad(f"liveness_reasons must be a tuple of at most {MAX_REASONS} short strings or None")
+        if self.depth_passed is None and (self.depth_required or self.depth_reasons):
+            raise _bad("depth_required and depth_reasons need a depth verdict (depth_passed)")
+        known_codes = all(r in DEPTH_REASONS for r in self.depth_reasons)
+        if not known_codes or (self.depth_passed and self.depth_reasons):
+            raise _bad(f"depth_reasons must be codes of {DEPTH_REASONS}, empty when passed")
+        _check_number("depth_relief_mm", self.depth_relief_mm, -1e4, 1e4)
         if self.liveness_challenge not in CHALLENGE_STATES:
             raise _bad(f"liveness_challenge must be one of {CHALLENGE_STATES}")
         for name in ("quality_level", "liveness_level"):
@@ -155,6 +168,16 @@ def _common(event: RecognitionEvent, device_id: str, schema: str, has_snapshot: 
         "liveness_level": event.liveness_level,
         "liveness_reasons": list(event.liveness_reasons) if event.liveness_reasons is not None else None,
         "liveness_challenge": event.liveness_challenge,
+        "depth": (
+            None
+            if event.depth_passed is None
+            else {
+                "passed": event.depth_passed,
+                "required": event.depth_required,
+                "relief_mm": event.depth_relief_mm,
+                "reasons": list(event.depth_reasons),
+            }
+        ),
         "model_id": event.model_id,
         "captured_at": iso_time(event.captured_at),
         "source": (

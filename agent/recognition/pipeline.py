@@ -29,6 +29,7 @@ from agent.config import CameraConfig, RecognitionConfig
 from agent.errors import AgentError, ConfigError, TransientError
 from agent.gallery.matcher import FAR_SCORES, Candidate, Matcher, ScoreMap
 from agent.gallery.thresholds import RequiredScore, StrangerThresholds, engine_thresholds
+from agent.gates.depth import depth_check
 from agent.gates.mesh import open_face_mesh
 from agent.publish.challenge import ChallengeMessage
 from agent.publish.payloads import RecognitionEvent
@@ -36,6 +37,7 @@ from agent.publish.sink import EventSink
 from agent.recognition.challenge import ChallengeNotice, Chooser
 from agent.recognition.dispatch import EventDispatcher, LatencyLog
 from agent.recognition.tracking import (
+    DepthState,
     EyeMeter,
     FaceTracker,
     LivenessState,
@@ -105,6 +107,17 @@ def _liveness_fields(live: LivenessState | None) -> dict[str, object]:
         "liveness_level": live.level,
         "liveness_reasons": live.reasons,
         "liveness_challenge": live.challenge,
+    }
+
+
+def _depth_fields(depth: DepthState | None) -> dict:
+    if depth is None:
+        return {}
+    return {
+        "depth_required": depth.required,
+        "depth_passed": depth.passed,
+        "depth_relief_mm": depth.relief_mm,
+        "depth_reasons": depth.reasons,
     }
 
 
@@ -262,7 +275,16 @@ class RecognitionPipeline:
                 code="invalid_challenge_level",
             )
         cooldown = _cooldown(base, worker.cfg)
-        return replace(base, liveness_level=level, blink=blink, challenge=challenge, cooldown_s=cooldown)
+        depth = worker.cfg.depth
+        return replace(
+            base,
+            liveness_level=level,
+            blink=blink,
+            challenge=challenge,
+            cooldown_s=cooldown,
+            depth=depth is not None,
+            depth_required=depth is not None and depth.require,
+        )
 
     def _liveness_level(self, worker: CaptureWorker) -> str:
         """The camera's own level when it sets one, else the recognition default."""
@@ -373,6 +395,8 @@ class RecognitionPipeline:
         t3 = time.perf_counter()
         if usable:
             self.latency.add("embed", t3 - t2)
+        gate = cam.worker.cfg.depth
+        depth = {id(f): depth_check(f, frame.depth, gate) for f in faces} if gate is not None else {}
         observations = [
             Observation(
                 box=f.box,
@@ -384,6 +408,7 @@ class RecognitionPipeline:
                 crop=self._crop(frame.pixels, f.box) if self._snapshots else None,
                 face=f,
                 origin=frame.origin,
+                depth=depth.get(id(f)),
             )
             for f, (weight, ok, score, level) in zip(faces, graded, strict=True)
         ]
@@ -491,6 +516,7 @@ class RecognitionPipeline:
             source_frame=obs.origin[1] if obs.origin is not None else None,
             score=round(float(cand.score), 2) if cand is not None else None,
             **_liveness_fields(ev.liveness),
+            **_depth_fields(ev.depth),
         )
         if not ev.known or cand is None:
             return RecognitionEvent(**common)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -47,6 +48,7 @@ from agent.errors import ConfigError, InputError
 from agent.gallery.matcher import Candidate
 from agent.gates.blink import BlinkConfig
 from agent.gates.challenge import ChallengeConfig, with_challenge
+from agent.gates.depth import DepthCheck
 from agent.gates.liveness import LEVELS as LIVENESS_LEVEL_NAMES
 from agent.gates.liveness import (
     LIVENESS_LEVELS,
@@ -81,6 +83,32 @@ class Observation:
     crop: np.ndarray | None = field(default=None, repr=False)  # for snapshots
     face: Face | None = field(default=None, repr=False)  # box + keypoints, for the liveness tracker
     origin: tuple[str, int] | None = None  # files and folders: (file name, frame index) of this face's frame
+    depth: DepthCheck | None = None  # cameras with a depth check: this face's depth evidence in this frame
+
+
+DEPTH_WINDOW, DEPTH_NEEDED = 3, 2  # a track's depth passes when 2 of its last 3 checks passed
+
+
+@dataclass(frozen=True)
+class DepthState:
+    """A track's depth evidence: passed when DEPTH_NEEDED of its last DEPTH_WINDOW checks passed (one noisy
+    frame neither grants nor refuses); reasons of the latest failed check otherwise."""
+
+    passed: bool
+    required: bool
+    relief_mm: float | None
+    reasons: tuple[str, ...]
+
+
+def depth_state(checks, required: bool) -> DepthState:
+    checks = list(checks)
+    passed = sum(c.passed for c in checks) >= DEPTH_NEEDED
+    last = checks[-1] if checks else None
+    relief = last.relief_mm if last is not None else None
+    if passed:
+        return DepthState(True, required, relief, ())
+    failed = next((c for c in reversed(checks) if not c.passed), None)
+    return DepthState(False, required, relief, failed.reasons if failed is not None else ("depth_missing",))
 
 
 @dataclass(frozen=True)
@@ -134,7 +162,8 @@ class TrackEvent:
     clock: float
     upgrade: bool = False
     liveness: LivenessState | None = None  # None: liveness is off on this camera
-    liveness_update: bool = False  # the follow-up of a known track whose liveness now passes
+    liveness_update: bool = False  # the follow-up of a known track whose liveness (or depth) now passes
+    depth: DepthState | None = None  # None: no depth check on this camera
 
 
 @dataclass(frozen=True)
@@ -154,6 +183,8 @@ class TrackerSettings:
     liveness: TrackConfig = field(default_factory=TrackConfig)
     blink: BlinkConfig | None = None  # None: no blink cue on this camera (its level does not use blinks)
     challenge: ChallengeConfig | None = None  # None: no active challenge (only HIGH may have one)
+    depth: bool = False  # the camera checks depth (observations carry DepthCheck)
+    depth_required: bool = False  # ... and access needs it: a known track gets a follow-up once it passes
 
     def __post_init__(self) -> None:
         if self.liveness_level not in LIVENESS_LEVEL_NAMES:
@@ -188,6 +219,8 @@ class Track:
         self.live: LivenessState | None = None
         self.live_reported = False  # an event of this track carried a passing liveness verdict
         self.challenge: ActiveChallenge | None = None  # at most one per track, never re-issued
+        self.depth_checks: deque[DepthCheck] = deque(maxlen=DEPTH_WINDOW)
+        self.depth_reported = False  # an event of this track carried passed depth evidence
         self._top: list[Observation] = []
 
     def add(self, obs: Observation, clock: float, keep: int) -> None:
@@ -249,6 +282,7 @@ class FaceTracker:
         self._next_id = 1
         self._person_seen: dict[str, float] = {}  # person -> clock they were last seen (cooldown)
         self._person_live: dict[str, float] = {}  # person -> clock last seen after a passing liveness event
+        self._person_depth: dict[str, float] = {}  # person -> clock of their last event with passed depth
         self.last_clock: float | None = None
         self.liveness_seconds = 0.0  # time spent in liveness during the last update (for the latency log)
         self.counters = {
@@ -259,6 +293,7 @@ class FaceTracker:
             "cooldown": 0,
             "evicted": 0,
             "liveness_updates": 0,
+            "depth_updates": 0,
             "liveness_errors": 0,
             "eye_samples": 0,
         }
@@ -297,11 +332,13 @@ class FaceTracker:
             if track is None:
                 track = self._new_track(obs, clock)
             track.add(obs, clock, self.s.fusion_frames)
+            if obs.depth is not None:
+                track.depth_checks.append(obs.depth)
             if pixels is not None and obs.face is not None and track.liveness is not None:
                 self._feed_liveness(track, pixels, obs.face, clock)
             event = self._decide(track, obs, clock) if obs.usable else None
             if event is None:
-                event = self._liveness_followup(track, clock)
+                event = self._liveness_followup(track, clock) or self._depth_followup(track, clock)
             if event is not None:
                 events.append(event)
         seen = {id(t) for t in assigned if t is not None}
@@ -418,7 +455,29 @@ class FaceTracker:
         if known and track.live is not None and track.live.passed and track.person is not None:
             track.live_reported = True
             self._person_live[track.person] = clock
-        return TrackEvent(track.id, known, cand, track.best, clock, liveness=track.live, **flags)
+        depth = depth_state(track.depth_checks, self.s.depth_required) if self.s.depth else None
+        if known and depth is not None and depth.passed:
+            track.depth_reported = True
+            if track.person is not None:
+                self._person_depth[track.person] = clock
+        return TrackEvent(track.id, known, cand, track.best, clock, liveness=track.live, depth=depth, **flags)
+
+    def _depth_followup(self, track: Track, clock: float) -> TrackEvent | None:
+        """A known track whose events so far lacked the depth evidence the camera requires, now that it
+        passes (and liveness too, when the camera checks it): the event a door opens on."""
+        if not self.s.depth_required or track.state != "known" or track.depth_reported:
+            return None
+        if track.candidate is None or not depth_state(track.depth_checks, True).passed:
+            return None
+        if track.live is not None and not track.live.passed:
+            return None  # the liveness follow-up will carry the depth evidence when liveness passes
+        track.depth_reported = True
+        last = self._person_depth.get(track.person) if track.person is not None else None
+        if last is not None and last <= clock < last + self.s.cooldown_s:
+            self.counters["cooldown"] += 1
+            return None  # this person was let in with depth evidence moments ago
+        self.counters["depth_updates"] += 1
+        return self._event(track, True, track.candidate, clock, liveness_update=True)
 
     # -- decisions (continued) ---------------------------------------------------------------------------
 
@@ -492,7 +551,7 @@ class FaceTracker:
                 keep.append(track)
         self._tracks = keep
         horizon = clock - self.s.cooldown_s
-        for seen in (self._person_seen, self._person_live):
+        for seen in (self._person_seen, self._person_live, self._person_depth):
             for person in [p for p, t in seen.items() if t < horizon or t > clock]:
                 del seen[person]  # bounded: only persons seen within the cooldown stay
         return events

@@ -1,0 +1,140 @@
+"""Depth liveness: a face has centimetres of relief, a print or a screen has none, however it is held.
+
+Evidence from a depth camera whose SDK registered depth to the colour pixels (agent/capture/realsense.py),
+for one detected face (box + 6 keypoints):
+
+- **relief**: the nose tip against the surface of the face around it. A quadric z = f(u, v) (u, v in units
+  of the eye distance, centred on the nose) is fitted robustly to the depth in a ring 0.45-1.3 eye
+  distances around the nose (cheeks, eye sockets, forehead, chin: no nose); relief = that surface at the nose
+  minus the measured nose depth. A plane at any tilt, and a sheet bent about any axis (a cylinder), is a
+  quadric: its relief is 0 up to the sensor's noise. A real nose stands out of the fitted face surface.
+- **physical scale**: eye distance in mm = eye distance in pixels x nose depth / focal length. A face on a
+  phone held at arm's length is a few centimetres wide; adults' eye centres are 54-74 mm apart.
+- samples farther than `max_spread_mm` from the nose depth (background, hair, holes) are ignored; too few
+  valid samples, or depth taken too far in time from the colour frame, is no evidence (fail closed).
+
+Thresholds were set on depth rendered from the face mesh of real photos and on planes and bent sheets
+(tests/test_depth_liveness.py; docs/liveness.md, "Depth evidence"): no recorded depth footage of real faces
+or attacks was available, and nothing here has run on a real depth camera.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.types import DepthFrame, Face
+
+DEPTH_REASONS = ("depth_missing", "depth_stale", "depth_flat", "depth_scale")
+_RING = (0.45, 1.3)  # ring around the nose, in eye distances
+_NOSE_R = 0.12
+
+
+class DepthGateConfig(BaseModel):
+    """The depth evidence of one camera (`cameras[].depth`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    require: bool = Field(
+        True,
+        description="grant access only with passed depth evidence (missing, stale or flat depth denies); "
+        "false: measured and published, not required",
+    )
+    min_relief_mm: float = Field(
+        7.0, ge=2, le=40, description="the nose must stand this far out of the fitted face surface"
+    )
+    eye_mm: tuple[float, float] = Field(
+        (45.0, 85.0), description="plausible physical distance of the eye centres (adults: 54-74 mm)"
+    )
+    max_skew_s: float = Field(
+        0.05, gt=0, le=1, description="depth and colour frames taken further apart than this are no evidence"
+    )
+    min_valid: float = Field(
+        0.5, gt=0, le=1, description="share of the ring's pixels that must have a depth value"
+    )
+    max_spread_mm: float = Field(
+        150.0, ge=50, le=500, description="samples farther than this from the nose depth are not the face"
+    )
+    range_mm: tuple[float, float] = Field((150.0, 3000.0), description="distances the check accepts")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DepthGateConfig:
+        if not (0 < self.eye_mm[0] < self.eye_mm[1] and 0 < self.range_mm[0] < self.range_mm[1]):
+            raise ValueError("eye_mm and range_mm must be (low, high) with 0 < low < high")
+        return self
+
+
+@dataclass(frozen=True)
+class DepthCheck:
+    passed: bool
+    relief_mm: float | None  # None when there was no usable depth
+    eye_mm: float | None
+    distance_mm: float | None
+    reasons: tuple[str, ...]  # DEPTH_REASONS; empty when passed
+
+
+def _missing(reason: str = "depth_missing") -> DepthCheck:
+    return DepthCheck(False, None, None, None, (reason,))
+
+
+def _fit_quadric(u: np.ndarray, v: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+    """Coefficients of z = c0 + c1 u + c2 v + c3 u^2 + c4 v^2 + c5 uv, refitted without outliers."""
+    a = np.column_stack([np.ones_like(u), u, v, u * u, v * v, u * v])
+    keep = np.ones(len(z), bool)
+    coef = None
+    for _ in range(3):
+        if keep.sum() < 24:
+            return None
+        coef, *_ = np.linalg.lstsq(a[keep], z[keep], rcond=None)
+        res = z - a @ coef
+        mad = float(np.median(np.abs(res[keep]))) + 1e-3
+        keep = np.abs(res) <= 3.0 * 1.4826 * mad + 1.0
+    return coef
+
+
+def depth_check(face: Face, depth: DepthFrame | None, cfg: DepthGateConfig) -> DepthCheck:
+    """Is there a face-shaped relief where this face is? (see the module docstring)."""
+    if depth is None:
+        return _missing()
+    if depth.skew_s > cfg.max_skew_s:
+        return _missing("depth_stale")
+    img = depth.depth_mm
+    (rx, ry), (lx, ly) = face.keypoint("right_eye"), face.keypoint("left_eye")
+    nx, ny = face.keypoint("nose_tip")
+    eye_px = float(np.hypot(lx - rx, ly - ry))
+    if eye_px < 8:
+        return _missing()
+    h, w = img.shape
+    half = int(np.ceil(_RING[1] * eye_px))
+    x0, x1 = max(0, int(nx) - half), min(w, int(nx) + half + 1)
+    y0, y1 = max(0, int(ny) - half), min(h, int(ny) + half + 1)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return _missing()
+    step = max(1, int(np.sqrt((x1 - x0) * (y1 - y0) / 4000)))  # a few thousand samples at most
+    ys, xs = np.mgrid[y0:y1:step, x0:x1:step]
+    z = img[ys, xs].astype(np.float64)
+    u, v = (xs - nx) / eye_px, (ys - ny) / eye_px
+    r = np.hypot(u, v)
+    nose = z[(r <= _NOSE_R) & (z > 0)]
+    if len(nose) < 3:
+        return _missing()
+    z_nose = float(np.median(nose))
+    if not cfg.range_mm[0] <= z_nose <= cfg.range_mm[1]:
+        return _missing()
+    ring = (r >= _RING[0]) & (r <= _RING[1])
+    valid = ring & (z > 0) & (np.abs(z - z_nose) <= cfg.max_spread_mm)
+    if ring.sum() == 0 or valid.sum() / ring.sum() < cfg.min_valid:
+        return _missing()
+    coef = _fit_quadric(u[valid], v[valid], z[valid])
+    if coef is None:
+        return _missing()
+    relief = float(coef[0] - z_nose)  # the fitted surface at the nose, minus the nose: > 0 = nose in front
+    eye_mm = eye_px * z_nose / (0.5 * (depth.fx + depth.fy))
+    reasons = []
+    if relief < cfg.min_relief_mm:
+        reasons.append("depth_flat")
+    if not cfg.eye_mm[0] <= eye_mm <= cfg.eye_mm[1]:
+        reasons.append("depth_scale")
+    return DepthCheck(not reasons, round(relief, 2), round(eye_mm, 1), round(z_nose, 1), tuple(reasons))

@@ -1,0 +1,37 @@
+"""What a camera's liveness setting stops, in plain words, for `run --validate-config` and `doctor`.
+
+The sentences state what was measured (docs/liveness.md has the numbers and how): an integrator choosing a
+level for a door must not believe it stops screens when it does not.
+"""
+
+from __future__ import annotations
+
+_LEVEL = {
+    "NONE": "no liveness check: photos and screens are accepted",
+    "LOW": "LOW stops only prints that move as a plane and obvious screen pixels (measured: 70-73% of "
+    "synthetic prints and 83-100% of synthetic replays got through)",
+    "NORMAL": "NORMAL stops prints (measured: all synthetic prints refused) but NOT screen replays of a "
+    "moving person (measured: 83% of replays accepted)",
+    "HIGH": "HIGH stops prints but NOT screen replays of a moving person (measured: 83% of replays accepted "
+    "without a challenge)",
+}
+
+
+def liveness_summary(level: str, challenge_steps: int | None, depth: bool, depth_required: bool) -> str:
+    """One line: what the level, the kiosk challenge and the depth evidence of one camera stop."""
+    parts = [_LEVEL.get(level, f"unknown level {level}")]
+    if challenge_steps:
+        parts.append(
+            f"the {challenge_steps}-step challenge stops uncued replays (measured: 0 of 23,168 attempts "
+            "passed on the real videos) but not a replay or deepfake that follows the instructions"
+        )
+    if depth:
+        parts.append(
+            "depth evidence refuses flat or bent prints and screens (tested on synthetic depth only, never "
+            "on a real depth camera)"
+            + ("; access requires it" if depth_required else "; measured and published, not required")
+        )
+    elif level != "NONE":
+        left = "a replay that follows the instructions" if challenge_steps else "a screen replay"
+        parts.append(f"no depth or infrared evidence: {left} is the attack left open")
+    return "; ".join(parts)
