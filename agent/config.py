@@ -413,6 +413,13 @@ class AgentConfig(Strict):
                     f"camera {cam.id}: liveness_challenge needs liveness level HIGH "
                     f"(cameras[].liveness_level or recognition.liveness_level), not {level}"
                 )
+            if cam.depth is not None and cam.depth.require and not self.publish.access.enabled:
+                # Depth is enforced by the access decision; without it nothing would be refused.
+                raise ValueError(
+                    f"camera {cam.id}: depth.require needs publish.access.enabled: true (the access decision "
+                    "is where missing or flat depth denies); or set depth.require: false to publish the "
+                    "evidence only"
+                )
         return self
 
 

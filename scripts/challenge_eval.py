@@ -76,8 +76,12 @@ def variants(track: list[tuple[Face, float]], width: int) -> dict[str, list[tupl
 
 def attempt(track: list[tuple[Face, float]], start: int, seq: tuple[str, ...], cfg: ChallengeConfig):
     """(outcome, reason, steps passed, decided before the track ended) when issued at frame `start`."""
-    ch = Challenge(cfg, seq, issued_at=track[start][1])
-    for face, t in track[start:]:
+    face0, t0 = track[start]
+    try:  # as the camera loop does: the deciding frame's face is the start pose
+        ch = Challenge(cfg, seq, issued_at=t0, start_face=face0)
+    except ValueError:
+        ch = Challenge(cfg, seq, issued_at=t0)
+    for face, t in track[start + 1 :]:
         try:
             if ch.update(face, t) is not None:
                 return ch.outcome, ch.reason, ch.step + (1 if ch.result else 0), True

@@ -5,7 +5,9 @@ Real faces: the face mesh's relative depth of real single-person photos from ../
 registered depth image in mm (tests/depth_support.py) at 400, 700 and 1200 mm, with stereo-camera-like noise
 (4 mm at 1 m, growing with the square of the distance), 3% holes and 1 mm steps. Attacks: the same photos'
 faces on sheets held flat, tilted (40-60 degrees), bent to cylinders of 60-150 mm radius either way about
-either axis, and combinations. Prints the relief (nose out of the fitted face surface) and the verdicts at the
+either axis, folded along one crease through the nose (30-45 degrees a side), and combinations; and two the
+check does not stop (a sheet folded into a point at the nose, a 12 mm bump behind it). Prints the relief
+(nose out of the fitted face surface) and the verdicts at the
 default thresholds. No recorded depth footage was available; nothing here ran on a real depth camera.
 
     python scripts/depth_eval.py [--photos 40]
@@ -25,7 +27,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from depth_support import focal_for, frame, real_face_depth, sensor, sheet_depth  # noqa: E402
 from liveness_eval import photo_files  # noqa: E402
-from test_depth_liveness import ATTACKS, DISTANCES  # noqa: E402
+from test_depth_liveness import ATTACKS, DISTANCES, OPEN_ATTACKS  # noqa: E402
 
 from agent.config import EngineConfig  # noqa: E402
 from agent.evaluation.datadir import shared_data_dir  # noqa: E402
@@ -38,6 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=shared_data_dir(ROOT))
     ap.add_argument("--photos", type=int, default=40)
+    ap.add_argument("--noise-at-1m", type=float, default=4.0, help="sensor noise (mm, 1 sigma) at 1 m")
     args = ap.parse_args()
     engine = FaceEngine(EngineConfig())
     mesh = open_face_mesh(engine.config)
@@ -56,17 +59,22 @@ def main() -> None:
         points = mesh.landmarks(img, face).points
         for dist in DISTANCES:
             depth, fx = real_face_depth(points, face, img.shape[:2], dist)
-            real[dist].append(depth_check(face, frame(sensor(depth, rng), fx), cfg))
-            for held in ATTACKS:
+            noisy = sensor(depth, rng, noise_at_1m_mm=args.noise_at_1m)
+            real[dist].append(depth_check(face, frame(noisy, fx), cfg))
+            for held in (*ATTACKS, *OPEN_ATTACKS):
                 name = ", ".join(f"{k} {v}" for k, v in held.items()) or "flat, facing the camera"
                 sheet = sheet_depth(img.shape[:2], fx, face.keypoint("nose_tip"), dist, **held)
-                attacks.setdefault(name, []).append(depth_check(face, frame(sensor(sheet, rng), fx), cfg))
+                noisy = sensor(sheet, rng, noise_at_1m_mm=args.noise_at_1m)
+                attacks.setdefault(name, []).append(depth_check(face, frame(noisy, fx), cfg))
         fx = focal_for(face, 600.0)
         phone = sheet_depth(img.shape[:2], fx, face.keypoint("nose_tip"), 300.0, size_mm=70)
         attacks.setdefault("phone at 300 mm (face as large as a real one at 600 mm)", []).append(
-            depth_check(face, frame(sensor(phone, rng), fx), cfg)
+            depth_check(face, frame(sensor(phone, rng, noise_at_1m_mm=args.noise_at_1m), fx), cfg)
         )
-    print(f"{photos} photos; min_relief_mm {cfg.min_relief_mm}, eye_mm {cfg.eye_mm}")
+    print(
+        f"{photos} photos; noise {args.noise_at_1m} mm at 1 m; "
+        f"min_relief_mm {cfg.min_relief_mm}, eye_mm {cfg.eye_mm}"
+    )
     print("| real face at | passed | relief min / 5th pct / median (mm) |")
     print("|---|---|---|")
     for dist, checks in real.items():

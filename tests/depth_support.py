@@ -89,12 +89,19 @@ def sheet_depth(
     tilt_y: float = 0.0,
     bend_mm: float | None = None,
     bend_axis: str = "vertical",
+    fold_deg: float | None = None,
+    fold_axis: str = "vertical",
+    point_deg: float | None = None,
+    bump_mm: float | None = None,
     background_mm: float | None = 1800.0,
     size_mm: float = 220.0,
 ) -> np.ndarray:
-    """Depth of a flat or bent sheet (a print or a phone) around `centre`: tilted by tilt_x (about the
-    vertical axis) / tilt_y degrees, optionally bent to a cylinder of radius bend_mm (> 0 bulging towards the
-    camera, < 0 away); `size_mm` wide, background elsewhere."""
+    """Depth of a flat, bent or folded sheet (a print or a phone) around `centre`: tilted by tilt_x (about
+    the vertical axis) / tilt_y degrees; bent to a cylinder of radius bend_mm (> 0 bulging towards the
+    camera, < 0 away); folded along one crease through the centre (`fold_deg` per side, the crease towards
+    the camera; `fold_axis` vertical / horizontal / diagonal); folded into a point at the centre
+    (`point_deg`); or pushed out by a bump `bump_mm` high (a wad behind the nose, 20 mm wide); `size_mm`
+    wide, background elsewhere."""
     h, w = shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     x_mm = (xs - centre[0]) * distance_mm / fx
@@ -105,6 +112,13 @@ def sheet_depth(
         r = abs(bend_mm)
         sag = r - np.sqrt(np.clip(r * r - t * t, 0, None))
         z = z + (sag if bend_mm > 0 else -sag)
+    if fold_deg is not None:
+        across = {"vertical": x_mm, "horizontal": y_mm, "diagonal": (x_mm + y_mm) / np.sqrt(2)}[fold_axis]
+        z = z + np.abs(across) * np.tan(np.radians(fold_deg))
+    if point_deg is not None:
+        z = z + np.hypot(x_mm, y_mm) * np.tan(np.radians(point_deg))
+    if bump_mm is not None:
+        z = z - bump_mm * np.exp(-(x_mm**2 + y_mm**2) / (2 * 10.0**2))
     out = z.astype(np.float32)
     outside = (np.abs(x_mm) > size_mm / 2) | (np.abs(y_mm) > size_mm / 2)
     out[outside] = background_mm if background_mm is not None else 0.0
@@ -119,8 +133,9 @@ def sensor(
     holes: float = 0.03,
     quantum_mm: float = 1.0,
 ) -> np.ndarray:
-    """Depth-camera-like: noise growing with the square of distance (4 mm at 1 m ~ a stereo camera's
-    ~1% at short range), missing pixels, and 1 mm steps (z16 at 1 mm units)."""
+    """Depth-camera-like: noise growing with the square of distance (by default 4 mm at 1 m, 0.4%: at
+    the good end of active stereo; scripts/depth_eval.py --noise-at-1m 10 tries 1%), independent per pixel
+    (real stereo noise is spatially correlated), missing pixels, and 1 mm steps (z16 at 1 mm units)."""
     z = depth.astype(np.float64)
     noisy = z + rng.normal(0.0, 1.0, z.shape) * noise_at_1m_mm * (z / 1000.0) ** 2
     noisy[rng.random(z.shape) < holes] = 0.0

@@ -237,3 +237,44 @@ def test_the_session_script_runs_on_a_real_video(data_dir, tmp_path):
     assert (tmp_path / "rec/session.mp4").stat().st_size > 0 and len(frames) > 25
     assert any(f["text"] == "look at the camera" for f in frames)
     assert any(f["text"] not in ("", "look at the camera") for f in frames)  # an instruction was shown
+
+
+def test_a_gap_in_the_frames_does_not_hide_an_early_or_late_start():
+    cfg = ChallengeConfig(steps=1)
+    # Hidden until 0.25 s, then already turned 20 degrees: the onset, interpolated from the start pose shown
+    # at 0 s, was at ~0.075 s: early.
+    hidden = Challenge(cfg, ["turn_left"], issued_at=0.0, start_face=face())
+    assert hidden.update(face(yaw=20), 0.25) is False and hidden.reason == "early"
+    # Seen still at 1.9 s, turned 20 degrees at 2.3 s: the onset (~2.02 s) is after onset_max_s 2.0: late.
+    slow = Challenge(cfg, ["turn_left"], issued_at=0.0, start_face=face())
+    assert slow.update(face(yaw=1), 1.9) is None
+    assert slow.update(face(yaw=20), 2.3) is False and slow.reason == "late"
+    # A longer gap than max_gap_s before the onset frame: its timing cannot be checked.
+    blind = Challenge(cfg, ["turn_left"], issued_at=0.0, start_face=face())
+    assert blind.update(face(yaw=1), 0.3) is None
+    assert blind.update(face(yaw=20), 1.2) is False and blind.reason == "no_view"
+    # No start pose and the first frame later than max_gap_s after the instruction: no_view as well.
+    late_view = Challenge(cfg, ["turn_left"], issued_at=0.0)
+    assert late_view.update(face(), 0.8) is False and late_view.reason == "no_view"
+    # A person who starts at 0.5 s and is seen every 0.2 s still passes.
+    ok = Challenge(cfg, ["turn_left"], issued_at=0.0, start_face=face())
+    frames = [(0.2, 0), (0.4, 0), (0.6, 8), (0.8, 18), (1.0, 20), (1.2, 21)]
+    assert [ok.update(face(yaw=y), t) for t, y in frames][-1] is True
+
+
+def test_replays_at_once_do_not_get_more_tries_than_one_after_the_other():
+    cfg = ChallengeConfig(steps=1, max_failures=3, lockout_s=300.0)
+    ch = TrackChallenges(cfg, max_tracks=16, choose=lambda: "turn_left")
+    tries = [ch.issue(i, 0.0, "mallory", face()) for i in range(6)]  # six phones at once
+    assert [a.state for a in tries] == ["pending"] * 3 + ["locked"] * 3
+    for a in tries[:3]:
+        ch.close(a, 1.0)  # abandoned: failures
+    assert ch.issue(9, 2.0, "mallory", face()).state == "locked"
+    assert ch.issue(10, 2.0, "alice", face()).state == "pending"  # nobody else is affected
+    passer = TrackChallenges(cfg, max_tracks=16, choose=lambda: "turn_left")
+    first = passer.issue(1, 0.0, "bob", face())
+    passer.feed(first, face(yaw=0.0), 0.1)
+    for t in (0.5, 0.6, 0.7, 0.8, 0.9):
+        passer.feed(first, face(yaw=20.0), t)
+    assert first.state == "passed"
+    assert [passer.issue(i, 1.0, "bob", face()).state for i in range(2, 5)] == ["pending"] * 3  # freed

@@ -47,7 +47,13 @@ ATTACKS = (  # how a print or a screen is held: tilted, bent either way about ei
     {"bend_mm": 120, "bend_axis": "horizontal"},
     {"bend_mm": -60, "tilt_x": 30},
     {"bend_mm": 150, "tilt_y": 35},
+    {"fold_deg": 30},  # folded along one crease through the nose: relief, but the crease stays level
+    {"fold_deg": 45},
+    {"fold_deg": 30, "fold_axis": "horizontal"},
+    {"fold_deg": 35, "fold_axis": "diagonal", "tilt_x": 20},
 )
+# Not stopped (scripts/depth_eval.py reports them): a sheet folded into a point at the nose, a bump behind it.
+OPEN_ATTACKS = ({"point_deg": 30}, {"bump_mm": 12})
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +80,21 @@ def test_real_faces_have_relief_and_prints_and_screens_do_not(faces):
             real[dist].append(depth_check(face, ds.frame(ds.sensor(depth, rng), fx), cfg))
             for held in ATTACKS:
                 sheet = ds.sheet_depth(img.shape[:2], fx, face.keypoint("nose_tip"), dist, **held)
-                attacks.append(depth_check(face, ds.frame(ds.sensor(sheet, rng), fx), cfg))
+                attacks.append((held, depth_check(face, ds.frame(ds.sensor(sheet, rng), fx), cfg)))
     for dist in (400.0, 700.0):
         assert all(c.passed for c in real[dist]), [(c.relief_mm, c.reasons) for c in real[dist]]
     far = real[1200.0]
     assert sum(c.passed for c in far) >= 0.9 * len(far), [(c.relief_mm, c.reasons) for c in far]
-    assert not any(c.passed for c in attacks)
-    assert all("depth_flat" in c.reasons for c in attacks)
+    # Flat, tilted and bent sheets have no relief; sheets folded along a crease through the nose have relief
+    # but a straight line along the crease (scripts/depth_eval.py: 1 of 480 folded attempts passed).
+    passed = [(held, c) for held, c in attacks if c.passed]
+    assert len(passed) <= 0.01 * len(attacks), passed
+    assert all("depth_flat" in c.reasons for _, c in attacks if not c.passed)
+    unfolded = [c.relief_mm for held, c in attacks if "fold_deg" not in held]
+    assert max(unfolded) < cfg.min_relief_mm  # the quadric explains them: no relief at all
+    assert max(c.relief_mm for held, c in attacks if "fold_deg" in held) > cfg.min_relief_mm  # folds: relief
     reliefs = [c.relief_mm for d in DISTANCES for c in real[d]]
-    assert np.median(reliefs) > 15 and max(c.relief_mm for c in attacks) < cfg.min_relief_mm
+    assert np.median(reliefs) > 15
     # A phone held 30 cm from the camera showing a face as large in the image as a real one 60 cm away: its
     # eyes are 31 mm apart, and it is flat.
     img, face, _ = faces[0]
@@ -215,7 +227,7 @@ def test_validate_config_and_doctor_say_what_each_camera_stops(tmp_path, monkeyp
 
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(
-        "recognition: {liveness_level: NORMAL}\n"
+        "recognition: {liveness_level: NORMAL}\npublish: {access: {enabled: true}}\n"
         "cameras:\n  - {id: door, source: realsense, depth: {}}\n  - {id: hall, source: '0'}\n"
         "  - {id: lobby, source: '1', liveness_level: NONE}\n"
     )
@@ -229,3 +241,37 @@ def test_validate_config_and_doctor_say_what_each_camera_stops(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "pyrealsense2", None)  # the SDK missing on the device
     missing = check_liveness("door", "HIGH", None, True, True)
     assert missing.status == "FAIL" and "pip install pyrealsense2" in missing.fix
+
+
+def test_depth_counts_only_for_the_recognized_face():
+    """A print is recognized and denied; a real face swapped in at the same place but never embedded (it fails
+    the quality gate, so it joins the track by its box alone) must not lend the track its relief."""
+    from agent.gallery.matcher import Candidate
+    from agent.gates.depth import DepthCheck
+    from agent.recognition.tracking import FaceTracker, Observation, TrackerSettings
+    from agent.types import Box
+
+    cand = Candidate("p1", "victim", "", "door", "f1", 0.99, 97.0)
+    settings = TrackerSettings(min_score=80, cooldown_s=0, depth=True, depth_required=True)
+    tracker = FaceTracker(settings, lambda v: cand)
+    vec = np.zeros(128, np.float32)
+    vec[0] = 1.0
+    flat = DepthCheck(False, 0.5, 63.0, 600.0, ("depth_flat",))
+    relief = DepthCheck(True, 20.0, 63.0, 600.0, ())
+    box = Box(100, 100, 200, 200)
+
+    def frame(t, usable, depth):
+        obs = Observation(box, vec if usable else None, 0.9 if usable else 0.1, usable, depth=depth)
+        return tracker.update([obs], t)
+
+    events = [e for t in range(3) for e in frame(t * 0.1, True, flat)]
+    assert (
+        events
+        and events[0].known
+        and not events[0].depth.passed
+        and events[0].depth.reasons == ("depth_flat",)
+    )
+    swapped = [e for t in range(3, 9) for e in frame(t * 0.1, False, relief)]
+    assert swapped == []  # no follow-up: the relief belonged to an unembedded face
+    live = [e for t in range(9, 12) for e in frame(t * 0.1, True, relief)]
+    assert len(live) == 1 and live[0].liveness_update and live[0].depth.passed  # the recognized face itself

@@ -115,7 +115,9 @@ def _face_at(yaw: float = 0.0, pitch: float = 0.0) -> Face:
 
 
 # One step, no onset window, no hold: the movement rule alone (windows: tests/test_challenge_steps.py).
-ONE_STEP = ChallengeConfig(steps=1, onset_min_s=0.0, onset_max_s=5.0, hold_s=0.0, timeout_s=5.0)
+ONE_STEP = ChallengeConfig(
+    steps=1, onset_min_s=0.0, onset_max_s=5.0, hold_s=0.0, timeout_s=5.0, max_gap_s=5.0
+)
 
 
 def test_challenge_verified_from_pose():

@@ -271,6 +271,9 @@ def test_challenge_messages_on_their_own_topic() -> None:
         {"step": 0},
         {"steps": 6},
         {"reason": "bored"},
+        {"reason": "early"},  # issued: no reason
+        {"state": "passed", "reason": "late"},
+        {"step": True},
     ],
 )
 def test_bad_challenge_messages_raise_input_error(over: dict) -> None:

@@ -76,8 +76,15 @@ class RealSenseSource:
         if serial:
             config.enable_device(serial)
         config.enable_stream(rs.stream.color, width, height, rs.format.bgr8, FPS)
-        config.enable_stream(rs.stream.depth, width, height, rs.format.z16, FPS)
+        # Depth at whatever resolution the sensor has at this rate: rs.align maps it onto the colour pixels.
+        config.enable_stream(rs.stream.depth, rs.format.z16, FPS)
         pipeline = rs.pipeline()
+        if not config.can_resolve(rs.pipeline_wrapper(pipeline)) and self._device_present(rs, serial):
+            raise DeviceError(
+                f"camera {self.name}: the RealSense offers no {width}x{height} BGR colour stream at {FPS} "
+                "fps with a z16 depth stream: set cameras[].width / height to a mode it has "
+                "(rs-enumerate-devices)"
+            )
         try:
             pipeline.start(config)
         except RuntimeError as exc:  # no device, busy, unsupported mode: retried by the worker with backoff
@@ -95,7 +102,21 @@ class RealSenseSource:
             raise TransientError(msg, code="source_read") from exc
         if frameset is None:  # an injected recording ended
             return None
-        return to_raw(self._align.process(frameset), self.name)
+        try:
+            return to_raw(self._align.process(frameset), self.name)
+        except RuntimeError as exc:  # librealsense failing mid-frame (e.g. the device went away): reopen
+            raise TransientError(
+                f"camera {self.name}: RealSense frame unusable: {exc}", code="source_read"
+            ) from exc
+
+    @staticmethod
+    def _device_present(rs: Any, serial: str) -> bool:
+        """Is the camera there (then a mode that does not resolve is a config error, not a transient one)?"""
+        try:
+            devices = list(rs.context().query_devices())
+            return any(not serial or d.get_info(rs.camera_info.serial_number) == serial for d in devices)
+        except RuntimeError:
+            return False
 
     def close(self) -> None:
         if self._pipeline is not None:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.config import EngineConfig, OnnxRuntimeConfig, OpenVINORuntimeConfig
 from agent.errors import ModelError
 from agent.gallery.config import GalleryConfig
+from agent.gates.challenge import ChallengeConfig
 
 Status = Literal["OK", "WARN", "FAIL"]
 _RANK = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -408,11 +409,13 @@ def check_cameras(
     return Check("cameras", "OK", f"opened {', '.join(opened)}{note}")
 
 
-def check_liveness(camera: str, level: str, steps: int | None, depth: bool, required: bool) -> Check:
+def check_liveness(
+    camera: str, level: str, steps: int | None, depth: bool, required: bool, default: bool = True
+) -> Check:
     """What the camera's liveness stops, in words; FAIL when its depth camera's SDK is not installed."""
     from agent.gates.stops import liveness_summary
 
-    text = f"camera {camera}: {level}: {liveness_summary(level, steps, depth, required)}"
+    text = f"camera {camera}: {level}: {liveness_summary(level, steps, depth, required, default)}"
     if depth:
         try:
             import pyrealsense2  # noqa: F401
@@ -622,8 +625,9 @@ class DoctorTargets:
     gallery: GalleryConfig | None = None
     hub_feed: bool = False  # the config has a hub: section: report its change feed
     sync_staleness_s: float | None = None  # the config has a sync: section: report the mirrors
-    # per camera: (id, liveness level, challenge steps or None, depth configured, depth required)
-    liveness: tuple[tuple[str, str, int | None, bool, bool], ...] = ()
+    # per camera: (id, liveness level, challenge steps or None, depth configured, depth required,
+    # challenge at the measured defaults)
+    liveness: tuple[tuple[str, str, int | None, bool, bool, bool], ...] = ()
 
 
 def run_checks(
@@ -733,6 +737,7 @@ def resolve_targets(
                 c.liveness_challenge.steps if c.liveness_challenge is not None else None,
                 c.depth is not None,
                 c.depth is not None and c.depth.require,
+                c.liveness_challenge is None or c.liveness_challenge == ChallengeConfig(),
             )
             for c in agent_cfg.cameras
         ),

@@ -14,6 +14,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_agent_config(args.config, os.environ, source=args.source, state_dir=args.state_dir)
     if args.validate_config:
+        from agent.gates.challenge import ChallengeConfig
         from agent.gates.stops import liveness_summary
 
         print(f"configuration OK: {len(cfg.cameras)} camera(s), group {cfg.recognition.group_id!r}")
@@ -21,7 +22,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             level = cam.liveness_level or cfg.recognition.liveness_level
             steps = cam.liveness_challenge.steps if cam.liveness_challenge is not None else None
             depth = cam.depth is not None
-            summary = liveness_summary(level, steps, depth, depth and cam.depth.require)
+            default = cam.liveness_challenge is None or cam.liveness_challenge == ChallengeConfig()
+            summary = liveness_summary(level, steps, depth, depth and cam.depth.require, default)
             print(f"  camera {cam.id}: liveness {level}: {summary}")
         return 0
     from agent.app import run_agent

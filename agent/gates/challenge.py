@@ -17,8 +17,11 @@ Step rules (angles from the keypoint pose, agent/gates/pose.py; `change` = movem
 the step's first frame):
   - |change| the wrong way >= min_change: failed (`wrong_direction`);
   - change >= onset_change earlier than onset_min_s after the step was shown: failed (`early`): the movement
-    began before the instruction could have been read;
-  - no onset by onset_max_s: timed out (`late`);
+    began before the instruction could have been read. The onset time is interpolated between the last frame
+    below `onset_change` and the first one above it, so a gap in the frames does not hide an early start;
+  - no onset by onset_max_s (interpolated the same way): timed out (`late`);
+  - a gap of more than max_gap_s before the onset frame, or no frame of the face within max_gap_s of the
+    instruction (the start pose unknown): timed out (`no_view`): the timing cannot be checked;
   - change >= min_change held for hold_s (every frame of it): the step passes; the last one passes the
     challenge;
   - the step's deadline (shown + timeout_s) passes first: timed out (`deadline`).
@@ -50,7 +53,7 @@ CHALLENGES = {
 # "locked" when the person failed too many challenges lately and gets none (ChallengeConfig.max_failures).
 OUTCOMES = ("passed", "failed", "timed_out", "abandoned", "locked")
 # Why a challenge did not pass (`Challenge.reason`).
-REASONS = ("wrong_direction", "early", "late", "deadline", "abandoned", "locked")
+REASONS = ("wrong_direction", "early", "late", "no_view", "deadline", "abandoned", "locked")
 
 
 class ChallengeConfig(BaseModel):
@@ -98,6 +101,14 @@ class ChallengeConfig(BaseModel):
         le=30,
         description="the response must have started by then (the cooperative response times of real users "
         "were not measured: scripts/challenge_session.py records them)",
+    )
+    max_gap_s: float = Field(
+        0.5,
+        gt=0,
+        le=5,
+        description="the longest gap between frames of the face that still lets the onset be timed (a replay "
+        "must not dodge the onset window by hiding): longer gaps, or a first frame later than this after the "
+        "instruction, time the step out (`no_view`)",
     )
     hold_s: float = Field(
         0.3,
@@ -150,9 +161,10 @@ def draw_instructions(steps: int, choose: Callable[[], str] | None = None) -> tu
 @dataclass
 class _Step:
     shown_at: float | None  # None: the first frame sets it (no issue time given)
-    base: float | None = None  # the angle at the step's first frame
-    onset: float | None = None  # when the response started
+    base: float | None = None  # the angle when the step was shown (or at its first frame)
+    onset: float | None = None  # when the response started (interpolated)
     held_since: float | None = None  # first frame of the current run at >= min_change
+    prev: tuple[float, float] | None = None  # (time, change) of the last frame, for the onset's interpolation
 
 
 class Challenge:
@@ -170,7 +182,10 @@ class Challenge:
         instructions: Sequence[str] | None = None,
         *,
         issued_at: float | None = None,
+        start_face: Face | None = None,
     ) -> None:
+        """`start_face`: the face at the moment the first instruction is shown (the camera loop: the frame
+        that decided the track), the start pose; without it the first fed frame is."""
         self.config = config or ChallengeConfig()
         chosen = tuple(instructions) if instructions is not None else draw_instructions(self.config.steps)
         unknown = [i for i in chosen if i not in CHALLENGES]
@@ -180,6 +195,8 @@ class Challenge:
         self.issued_at = issued_at
         self.step = 0  # index of the current step
         self._step = _Step(issued_at)
+        if start_face is not None and issued_at is not None:
+            self._start_pose(self._step, start_face, issued_at)
         self.result: bool | None = None
         self.outcome: str | None = None  # one of OUTCOMES once decided
         self.reason: str | None = None  # one of REASONS when not passed
@@ -207,6 +224,12 @@ class Challenge:
         shown = self._step.shown_at
         return None if shown is None else shown + self.config.timeout_s
 
+    def _start_pose(self, st: _Step, face: Face, timestamp: float) -> None:
+        """The step's start pose (raises ValueError when the keypoints give no pose)."""
+        axis = CHALLENGES[self.instructions[self.step]][0]
+        st.base = getattr(estimate_pose(face.keypoints), axis)
+        st.prev = (timestamp, 0.0)
+
     def update(self, face: Face, timestamp: float) -> bool | None:
         """None while pending, then True (passed) or False; the result sticks. Raises ValueError when the
         keypoints give no pose (the caller skips that frame)."""
@@ -221,18 +244,28 @@ class Challenge:
         axis, sign, _ = CHALLENGES[self.instruction]
         angle = getattr(estimate_pose(face.keypoints), axis)
         if st.base is None:
-            st.base = angle
+            if since > cfg.max_gap_s:  # the pose when the instruction appeared is unknown
+                return self._decide("timed_out", "no_view")
+            st.base, st.prev = angle, (timestamp, 0.0)
             return None
         change = sign * (angle - st.base)
         if change <= -cfg.min_change:
             return self._decide("failed", "wrong_direction")
         if st.onset is None:
+            t_prev, c_prev = st.prev if st.prev is not None else (st.shown_at, 0.0)
             if change >= cfg.onset_change:
-                if since < cfg.onset_min_s:
+                if timestamp - t_prev > cfg.max_gap_s:
+                    return self._decide("timed_out", "no_view")
+                frac = (cfg.onset_change - c_prev) / (change - c_prev) if change > c_prev else 1.0
+                onset = t_prev + min(max(frac, 0.0), 1.0) * (timestamp - t_prev)
+                if onset - st.shown_at < cfg.onset_min_s:
                     return self._decide("failed", "early")
-                st.onset = timestamp
+                if onset - st.shown_at > cfg.onset_max_s:
+                    return self._decide("timed_out", "late")
+                st.onset = onset
             elif since > cfg.onset_max_s:
                 return self._decide("timed_out", "late")
+        st.prev = (timestamp, change)
         if change < cfg.min_change:
             st.held_since = None
             return None
@@ -246,7 +279,8 @@ class Challenge:
         if self.step + 1 >= len(self.instructions):
             return self._decide("passed", None)
         self.step += 1
-        self._step = _Step(timestamp)  # the next instruction is shown now; its first frame is the next one
+        self._step = _Step(timestamp)  # the next instruction is shown now, from the pose of this frame
+        self._start_pose(self._step, face, timestamp)
         return None
 
     def expired(self, timestamp: float) -> bool:

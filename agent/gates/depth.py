@@ -8,6 +8,10 @@ for one detected face (box + 6 keypoints):
   distances around the nose (cheeks, eye sockets, forehead, chin: no nose); relief = that surface at the nose
   minus the measured nose depth. A plane at any tilt, and a sheet bent about any axis (a cylinder), is a
   quadric: its relief is 0 up to the sensor's noise. A real nose stands out of the fitted face surface.
+  Also, on every line through the nose (24 directions) the two ends, 0.6 eye distances out, must lie 4 mm
+  behind it on average: a sheet folded along one crease through the nose has relief, but along the crease
+  it is straight, however tilted. Not stopped: a sheet folded into a point at the nose or with a bump
+  behind it (measured: scripts/depth_eval.py), and masks.
 - **physical scale**: eye distance in mm = eye distance in pixels x nose depth / focal length. A face on a
   phone held at arm's length is a few centimetres wide; adults' eye centres are 54-74 mm apart.
 - samples farther than `max_spread_mm` from the nose depth (background, hair, holes) are ignored; too few
@@ -95,12 +99,22 @@ def _fit_quadric(u: np.ndarray, v: np.ndarray, z: np.ndarray) -> np.ndarray | No
 
 
 def depth_check(face: Face, depth: DepthFrame | None, cfg: DepthGateConfig) -> DepthCheck:
-    """Is there a face-shaped relief where this face is? (see the module docstring)."""
+    """Is there a face-shaped relief where this face is? (see the module docstring). Never raises: depth it
+    cannot use is `depth_missing` (no evidence), so a bad frame cannot stop the recognition thread."""
     if depth is None:
         return _missing()
+    try:
+        return _check(face, depth, cfg)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError, IndexError):
+        return _missing()
+
+
+def _check(face: Face, depth: DepthFrame, cfg: DepthGateConfig) -> DepthCheck:
     if depth.skew_s > cfg.max_skew_s:
         return _missing("depth_stale")
     img = depth.depth_mm
+    if img.ndim != 2 or depth.fx <= 0 or depth.fy <= 0:
+        return _missing()
     (rx, ry), (lx, ly) = face.keypoint("right_eye"), face.keypoint("left_eye")
     nx, ny = face.keypoint("nose_tip")
     eye_px = float(np.hypot(lx - rx, ly - ry))
@@ -133,8 +147,43 @@ def depth_check(face: Face, depth: DepthFrame | None, cfg: DepthGateConfig) -> D
     relief = float(coef[0] - z_nose)  # the fitted surface at the nose, minus the nose: > 0 = nose in front
     eye_mm = eye_px * z_nose / (0.5 * (depth.fx + depth.fy))
     reasons = []
-    if relief < cfg.min_relief_mm:
+    if relief < cfg.min_relief_mm or _level_line(img, face, eye_px, z_nose, cfg) < _RECEDE_MM:
         reasons.append("depth_flat")
     if not cfg.eye_mm[0] <= eye_mm <= cfg.eye_mm[1]:
         reasons.append("depth_scale")
     return DepthCheck(not reasons, round(relief, 2), round(eye_mm, 1), round(z_nose, 1), tuple(reasons))
+
+
+# Every line through the nose, 7.5 degrees apart, sampled 0.6 eye distances to both sides: on a face the two
+# ends of every line lie behind the nose tip on average (cheeks, brow, lip, the diagonals between them).
+_LINES = 24
+_LINE_R = 0.6
+_RECEDE_MM = 4.0
+
+
+def _level_line(img: np.ndarray, face: Face, eye_px: float, z_nose: float, cfg: DepthGateConfig) -> float:
+    """The least recession over all lines through the nose: per line, the mean depth of its two ends minus
+    the nose's (the mean cancels any tilt of the whole). A sheet folded along one crease through the nose has
+    relief, but along the crease it is straight (about 0 mm); on a face every line bends back on average
+    (a protruding lip or the near cheek of a turned face is level on one side only)."""
+    (rx, ry), (lx, ly) = face.keypoint("right_eye"), face.keypoint("left_eye")
+    nx, ny = face.keypoint("nose_tip")
+    rad = max(1, int(_NOSE_R * eye_px))
+    h, w = img.shape
+    base = np.arctan2(ly - ry, lx - rx)  # the eye line's angle in the image
+
+    def behind(angle: float) -> float | None:
+        px = int(round(nx + np.cos(angle) * _LINE_R * eye_px))
+        py = int(round(ny + np.sin(angle) * _LINE_R * eye_px))
+        patch = img[max(0, py - rad) : min(h, py + rad + 1), max(0, px - rad) : min(w, px + rad + 1)]
+        vals = patch[(patch > 0) & (np.abs(patch - z_nose) <= cfg.max_spread_mm)]
+        return float(np.median(vals)) - z_nose if len(vals) >= 3 else None
+
+    least = np.inf
+    for k in range(_LINES):
+        angle = base + np.pi * k / _LINES
+        ends = [behind(angle), behind(angle + np.pi)]
+        if any(e is None for e in ends):
+            return -np.inf  # no depth at an end: the shape cannot be checked
+        least = min(least, 0.5 * (ends[0] + ends[1]))
+    return float(least)

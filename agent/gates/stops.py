@@ -17,18 +17,26 @@ _LEVEL = {
 }
 
 
-def liveness_summary(level: str, challenge_steps: int | None, depth: bool, depth_required: bool) -> str:
-    """One line: what the level, the kiosk challenge and the depth evidence of one camera stop."""
+def liveness_summary(
+    level: str, challenge_steps: int | None, depth: bool, depth_required: bool, challenge_default: bool = True
+) -> str:
+    """One line: what the level, the kiosk challenge and the depth evidence of one camera stop.
+    `challenge_default`: the challenge has the measured default settings (other settings were not)."""
     parts = [_LEVEL.get(level, f"unknown level {level}")]
-    if challenge_steps:
+    if challenge_steps and challenge_default:
         parts.append(
             f"the {challenge_steps}-step challenge stops uncued replays (measured: 0 of 23,168 attempts "
             "passed on the real videos) but not a replay or deepfake that follows the instructions"
         )
+    elif challenge_steps:
+        parts.append(
+            f"a {challenge_steps}-step challenge with settings other than the measured defaults (its chance "
+            "pass rate is not measured: scripts/challenge_eval.py); it never stops a cued replay or deepfake"
+        )
     if depth:
         parts.append(
-            "depth evidence refuses flat or bent prints and screens (tested on synthetic depth only, never "
-            "on a real depth camera)"
+            "depth evidence refuses flat, bent and creased prints and screens, not a print folded into a "
+            "point or bumped at the nose (tested on made depth only, never on a real depth camera)"
             + ("; access requires it" if depth_required else "; measured and published, not required")
         )
     elif level != "NONE":

@@ -46,11 +46,14 @@ class ChallengeMessage:
             raise InputError(f"unknown challenge {self.instruction!r}", code="invalid_event")
         if self.state not in STATES:
             raise InputError(f"challenge state must be one of {STATES}", code="invalid_event")
-        steps_ok = isinstance(self.steps, int) and isinstance(self.step, int)
+        steps_ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.steps, self.step))
         if not (steps_ok and 1 <= self.step <= self.steps <= 5):
             raise InputError("challenge step must be 1..steps (steps 1..5)", code="invalid_event")
-        if self.reason is not None and self.reason not in REASONS:
-            raise InputError(f"challenge reason must be one of {REASONS}", code="invalid_event")
+        if self.reason is not None and (self.reason not in REASONS or self.state in ("issued", "passed")):
+            raise InputError(
+                f"challenge reason must be one of {REASONS}, and only on a failed outcome",
+                code="invalid_event",
+            )
         if not isinstance(self.track_id, int) or self.track_id < 0:
             raise InputError("track_id must be a non-negative int", code="invalid_event")
         if not (isinstance(self.challenge_id, str) and 0 < len(self.challenge_id) <= 64):

@@ -127,8 +127,9 @@ class RecognitionEvent:
         if self.depth_passed is None and (self.depth_required or self.depth_reasons):
             raise _bad("depth_required and depth_reasons need a depth verdict (depth_passed)")
         known_codes = all(r in DEPTH_REASONS for r in self.depth_reasons)
-        if not known_codes or (self.depth_passed and self.depth_reasons):
-            raise _bad(f"depth_reasons must be codes of {DEPTH_REASONS}, empty when passed")
+        consistent = bool(self.depth_reasons) == (self.depth_passed is False)
+        if not known_codes or (self.depth_passed is not None and not consistent):
+            raise _bad(f"depth_reasons must be codes of {DEPTH_REASONS}: empty when passed, given when not")
         _check_number("depth_relief_mm", self.depth_relief_mm, -1e4, 1e4)
         if self.liveness_challenge not in CHALLENGE_STATES:
             raise _bad(f"liveness_challenge must be one of {CHALLENGE_STATES}")

@@ -99,11 +99,19 @@ class TrackChallenges:
         }
         # person -> clocks of their recent failures (at most max_failures each; MAX_PEOPLE persons)
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        # person -> challenges issued and not yet decided (bounded by the live tracks: freed when decided)
+        self._pending: dict[str, int] = {}
 
-    def issue(self, track_id: int, clock: float, person_id: str | None) -> ActiveChallenge:
-        """A new challenge for a track; the frames after `clock` are its evidence."""
+    def issue(
+        self, track_id: int, clock: float, person_id: str | None, face: Face | None = None
+    ) -> ActiveChallenge:
+        """A new challenge for a track; `face` (the face of the deciding frame) is the start pose, the frames
+        after `clock` are its evidence."""
         instructions = draw_instructions(self.config.steps, self._choose)
-        challenge = Challenge(self.config, instructions, issued_at=clock)
+        try:
+            challenge = Challenge(self.config, instructions, issued_at=clock, start_face=face)
+        except ValueError:  # no pose from these keypoints: the first fed frame sets the start pose
+            challenge = Challenge(self.config, instructions, issued_at=clock)
         active = ActiveChallenge(challenge, secrets.token_hex(16), track_id, person_id)
         if self.locked(person_id, clock):
             challenge.lock()
@@ -111,17 +119,20 @@ class TrackChallenges:
             self._notice(active, "locked", clock)
             return active
         self.counters["challenges_issued"] += 1
+        if person_id is not None:
+            self._pending[person_id] = self._pending.get(person_id, 0) + 1
         self._notice(active, "issued", clock)
         return active
 
     def locked(self, person_id: str | None, clock: float) -> bool:
-        """Has this person failed `max_failures` challenges within the last `lockout_s`?"""
-        recent = self._failures.get(person_id) if person_id is not None else None
-        if not recent or self.config.lockout_s <= 0:
+        """Has this person failed `max_failures` challenges within the last `lockout_s`, counting the ones
+        still pending (several replays at once must not get more tries than one after the other)?"""
+        if person_id is None or self.config.lockout_s <= 0:
             return False
+        recent = self._failures.get(person_id)
         while recent and clock - recent[0] > self.config.lockout_s:
             recent.popleft()
-        return len(recent) >= self.config.max_failures
+        return len(recent or ()) + self._pending.get(person_id, 0) >= self.config.max_failures
 
     def feed(self, active: ActiveChallenge, face: Face, clock: float) -> None:
         """One frame of the track; a notice when this frame decided the challenge."""
@@ -151,6 +162,11 @@ class TrackChallenges:
 
     def _decided(self, active: ActiveChallenge, clock: float) -> None:
         assert active.challenge.outcome is not None
+        pid = active.person_id
+        if pid is not None and active.challenge.outcome != "locked" and self._pending.get(pid, 0) > 0:
+            self._pending[pid] -= 1
+            if not self._pending[pid]:
+                del self._pending[pid]
         self.counters["challenges_passed" if active.challenge.result else "challenges_failed"] += 1
         if not active.challenge.result and active.person_id is not None:
             self._remember_failure(active.person_id, clock)

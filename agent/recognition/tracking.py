@@ -100,13 +100,17 @@ class DepthState:
     reasons: tuple[str, ...]
 
 
-def depth_state(checks, required: bool) -> DepthState:
+def depth_state(checks, required: bool, current: DepthCheck | None) -> DepthState:
+    """`checks`: the track's last checks that count (see FaceTracker._count_depth); `current`: this frame's
+    own check when it counted, else None. Passing needs this frame's face itself to pass too: a decision is
+    never granted on depth seen on earlier frames only."""
     checks = list(checks)
-    passed = sum(c.passed for c in checks) >= DEPTH_NEEDED
-    last = checks[-1] if checks else None
-    relief = last.relief_mm if last is not None else None
+    passed = current is not None and current.passed and sum(c.passed for c in checks) >= DEPTH_NEEDED
+    relief = current.relief_mm if current is not None else None
     if passed:
         return DepthState(True, required, relief, ())
+    if current is not None and not current.passed:
+        return DepthState(False, required, relief, current.reasons)
     failed = next((c for c in reversed(checks) if not c.passed), None)
     return DepthState(False, required, relief, failed.reasons if failed is not None else ("depth_missing",))
 
@@ -220,6 +224,7 @@ class Track:
         self.live_reported = False  # an event of this track carried a passing liveness verdict
         self.challenge: ActiveChallenge | None = None  # at most one per track, never re-issued
         self.depth_checks: deque[DepthCheck] = deque(maxlen=DEPTH_WINDOW)
+        self.depth_current: DepthCheck | None = None  # this frame's check, when it counted
         self.depth_reported = False  # an event of this track carried passed depth evidence
         self._top: list[Observation] = []
 
@@ -332,8 +337,7 @@ class FaceTracker:
             if track is None:
                 track = self._new_track(obs, clock)
             track.add(obs, clock, self.s.fusion_frames)
-            if obs.depth is not None:
-                track.depth_checks.append(obs.depth)
+            self._count_depth(track, obs)
             if pixels is not None and obs.face is not None and track.liveness is not None:
                 self._feed_liveness(track, pixels, obs.face, clock)
             event = self._decide(track, obs, clock) if obs.usable else None
@@ -455,19 +459,36 @@ class FaceTracker:
         if known and track.live is not None and track.live.passed and track.person is not None:
             track.live_reported = True
             self._person_live[track.person] = clock
-        depth = depth_state(track.depth_checks, self.s.depth_required) if self.s.depth else None
+        depth = (
+            depth_state(track.depth_checks, self.s.depth_required, track.depth_current)
+            if self.s.depth
+            else None
+        )
         if known and depth is not None and depth.passed:
             track.depth_reported = True
             if track.person is not None:
                 self._person_depth[track.person] = clock
         return TrackEvent(track.id, known, cand, track.best, clock, liveness=track.live, depth=depth, **flags)
 
+    def _count_depth(self, track: Track, obs: Observation) -> None:
+        """Depth evidence counts only for a face that is the track's face: embedded (usable) and like the
+        track's fused embedding at the look-alike gate. An unembedded face joins a track by its box alone,
+        so its relief could be anybody's (a real face swapped in where a print was recognized)."""
+        track.depth_current = None
+        if obs.depth is None or not obs.usable or obs.vector is None:
+            return
+        fused = track.fused()
+        if fused is not None and float(obs.vector @ fused) < self.s.min_similarity:
+            return
+        track.depth_checks.append(obs.depth)
+        track.depth_current = obs.depth
+
     def _depth_followup(self, track: Track, clock: float) -> TrackEvent | None:
         """A known track whose events so far lacked the depth evidence the camera requires, now that it
         passes (and liveness too, when the camera checks it): the event a door opens on."""
         if not self.s.depth_required or track.state != "known" or track.depth_reported:
             return None
-        if track.candidate is None or not depth_state(track.depth_checks, True).passed:
+        if track.candidate is None or not depth_state(track.depth_checks, True, track.depth_current).passed:
             return None
         if track.live is not None and not track.live.passed:
             return None  # the liveness follow-up will carry the depth evidence when liveness passes
@@ -494,15 +515,17 @@ class FaceTracker:
         if cand is not None and (track.best_score is None or cand.score > track.best_score):
             track.best_score = cand.score
         if cand is not None and cand.score >= self._required():
-            return self._known(track, cand, clock)
+            return self._known(track, cand, clock, obs.face)
         if track.state == "pending" and track.usable >= self.s.unknown_after_frames:
             return self._unknown(track, cand, clock)
         return None
 
-    def _known(self, track: Track, cand: Candidate, clock: float) -> TrackEvent | None:
+    def _known(
+        self, track: Track, cand: Candidate, clock: float, face: Face | None = None
+    ) -> TrackEvent | None:
         upgrade = track.state == "unknown"
         track.state, track.person, track.candidate = "known", cand.person_id, cand
-        self._issue_challenge(track, cand, clock)
+        self._issue_challenge(track, cand, clock, face)
         last = self._person_seen.get(cand.person_id)
         self._person_seen[cand.person_id] = clock
         if last is not None and last <= clock < last + self.s.cooldown_s:
@@ -511,11 +534,11 @@ class FaceTracker:
         self.counters["upgrades" if upgrade else "known"] += 1
         return self._event(track, True, cand, clock, upgrade=upgrade)
 
-    def _issue_challenge(self, track: Track, cand: Candidate, clock: float) -> None:
+    def _issue_challenge(self, track: Track, cand: Candidate, clock: float, face: Face | None = None) -> None:
         """The challenge of a track just decided known (see agent/recognition/challenge.py for why then)."""
         if self._challenges is None or track.challenge is not None or track.live_reported:
             return
-        track.challenge = self._challenges.issue(track.id, clock, cand.outer_id)
+        track.challenge = self._challenges.issue(track.id, clock, cand.outer_id, face)
         if track.live is not None:  # this decision's event already says a challenge is pending
             track.live = replace(track.live, challenge=track.challenge.state)
 
