@@ -18,7 +18,7 @@ from agent.errors import ConfigError
 from agent.gallery.config import DEFAULT_GROUP, GalleryConfig
 from agent.gates.blink import BlinkConfig
 from agent.gates.challenge import ChallengeConfig
-from agent.gates.depth import DepthGateConfig
+from agent.gates.depth_config import DepthGateConfig
 from agent.ops.log import LogConfig
 from agent.ops.metrics_config import MetricsConfig
 from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig

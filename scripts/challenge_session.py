@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
 
-from agent.capture.sources import open_source  # noqa: E402
+from agent.capture import open_source  # noqa: E402
 from agent.config import CameraConfig, EngineConfig, parse_model  # noqa: E402
 from agent.errors import TransientError  # noqa: E402
 from agent.gates.challenge import Challenge, ChallengeConfig  # noqa: E402

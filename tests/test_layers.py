@@ -29,7 +29,13 @@ LAYERS = [
 ]
 SHARED = {"agent", "agent.config", "agent.types", "agent.errors"}
 # The config slices config.py gathers, where a package keeps its config class beside its code.
-SLICES = {"agent.gates.blink", "agent.gates.challenge", "agent.ops.log", "agent.ops.metrics_config"}
+SLICES = {
+    "agent.gates.blink",
+    "agent.gates.challenge",
+    "agent.gates.depth_config",
+    "agent.ops.log",
+    "agent.ops.metrics_config",
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -3,7 +3,8 @@
 Owns where pixels come from (cameras, streams, files, uploaded bytes: imageio); imports only ops.
 """
 
-from agent.capture.sources import FrameSource, ImageFolderSource, OpenCVSource, RawFrame, open_source
+from agent.capture.factory import open_source
+from agent.capture.sources import FrameSource, ImageFolderSource, OpenCVSource, RawFrame
 from agent.capture.worker import Backoff, CaptureWorker, Frame, LatestFrameSlot, preprocess
 
 __all__ = [

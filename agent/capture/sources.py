@@ -216,17 +216,3 @@ def check_local_source(cfg: CameraConfig) -> None:
             raise ConfigError(
                 f"camera {cfg.id}: no images ({', '.join(IMAGE_SUFFIXES)}) in folder {cfg.source}"
             )
-
-
-def open_source(cfg: CameraConfig) -> FrameSource:
-    """The source object for a camera config (not yet opened)."""
-    kind = cfg.resolved_kind
-    if kind == "folder":
-        return ImageFolderSource(cfg, realtime=cfg.realtime)
-    if kind in ("device", "stream", "file", "gstreamer"):
-        return OpenCVSource(cfg, kind, realtime=cfg.realtime)
-    if kind == "realsense":
-        from agent.capture.realsense import RealSenseSource  # pyrealsense2 only where it is used
-
-        return RealSenseSource(cfg)
-    raise ConfigError(f"camera {cfg.id}: unknown source kind {kind!r}")
