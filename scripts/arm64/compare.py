@@ -53,14 +53,22 @@ def compare(ref: dict, arm: dict, manifest: Manifest, model: str) -> dict:
     ref = {k: (v[rows] if k not in ("paths", "test", "pairs", "same", "meta") else v) for k, v in ref.items()}
     test, pairs, same = arm["test"], arm["pairs"], arm["same"].astype(bool)
     meta = json.loads(str(arm["meta"]))
-    res: dict = {"cpu": meta["cpu"], "versions": meta["versions"], "seconds": meta["seconds"],
-                 "load": meta["load"], "detector": {}, "spaces": {}}
+    res: dict = {
+        "cpu": meta["cpu"],
+        "versions": meta["versions"],
+        "seconds": meta["seconds"],
+        "load": meta["load"],
+        "detector": {},
+        "spaces": {},
+    }
     runtimes = sorted({k.split("/")[0] for k in arm if k.endswith("/found")})
     for rt in runtimes:
         fx, fa = ref[f"{rt}/found"], arm[f"{rt}/found"]
         both = fx & fa
         res["detector"][rt] = {
-            "found_x86": int(fx.sum()), "found_arm64": int(fa.sum()), "found_both": int(both.sum()),
+            "found_x86": int(fx.sum()),
+            "found_arm64": int(fa.sum()),
+            "found_both": int(both.sum()),
             "box_max_px": float(np.nanmax(np.abs(ref[f"{rt}/box"][both] - arm[f"{rt}/box"][both]))),
             "kps_max_px": float(np.nanmax(np.abs(ref[f"{rt}/kps"][both] - arm[f"{rt}/kps"][both]))),
             "score_max": float(np.nanmax(np.abs(ref[f"{rt}/score"][both] - arm[f"{rt}/score"][both]))),
@@ -115,26 +123,34 @@ def print_report(label: str, res: dict) -> None:
     print(f"\n## arm64 {label}: QEMU_CPU={qemu_cpu}, HWCAP {' '.join(cpu.get('hwcap', []))}")
     print(f"   versions: {res['versions']}")
     for rt, d in res["detector"].items():
-        print(f"   detector {rt}: found x86 {d['found_x86']} / arm64 {d['found_arm64']}; largest "
-              f"box difference {d['box_max_px']:.4f} px, keypoints {d['kps_max_px']:.4f} px, "
-              f"score {d['score_max']:.2e}")
-    head = (f"   {'space':<28} {'cos 40 min':>10} {'median':>9} {'cos all min':>11} {'median':>9} "
-            f"{'acc x86':>8} {'acc arm':>8} {'hub->arm':>8} {'max dS':>8} {'flips 1e-3/1e-4':>15}")
+        print(
+            f"   detector {rt}: found x86 {d['found_x86']} / arm64 {d['found_arm64']}; largest "
+            f"box difference {d['box_max_px']:.4f} px, keypoints {d['kps_max_px']:.4f} px, "
+            f"score {d['score_max']:.2e}"
+        )
+    head = (
+        f"   {'space':<28} {'cos 40 min':>10} {'median':>9} {'cos all min':>11} {'median':>9} "
+        f"{'acc x86':>8} {'acc arm':>8} {'hub->arm':>8} {'max dS':>8} {'flips 1e-3/1e-4':>15}"
+    )
     print(head)
     for key, r in res["spaces"].items():
         if "cos_test" not in r:
             continue
         ct, ca = r["cos_test"], r["cos_all"]
         flips = f"{r.get('flips@1e-3', '-')}/{r.get('flips@1e-4', '-')}" if "pairs" in r else "-"
-        print(f"   {key:<28} {_fmt(ct.get('min')):>10} {_fmt(ct.get('median')):>9} "
-              f"{_fmt(ca.get('min')):>11} {_fmt(ca.get('median')):>9} {_fmt(r.get('acc_x86'), True):>8} "
-              f"{_fmt(r.get('acc_arm64'), True):>8} {_fmt(r.get('acc_hub_x86_probe_arm64'), True):>8} "
-              f"{r.get('score_max_change', float('nan')):8.5f} {flips:>15}")
+        print(
+            f"   {key:<28} {_fmt(ct.get('min')):>10} {_fmt(ct.get('median')):>9} "
+            f"{_fmt(ca.get('min')):>11} {_fmt(ca.get('median')):>9} {_fmt(r.get('acc_x86'), True):>8} "
+            f"{_fmt(r.get('acc_arm64'), True):>8} {_fmt(r.get('acc_hub_x86_probe_arm64'), True):>8} "
+            f"{r.get('score_max_change', float('nan')):8.5f} {flips:>15}"
+        )
     for key, r in res["spaces"].items():
         if "int8_to_x86_fp32" in r:
             d = r["int8_to_x86_fp32"]
-            print(f"   {key} against the x86 FP32 embedding, min / median: x86 {d['x86']['min']:.6f} / "
-                  f"{d['x86']['median']:.6f}, arm64 {d['arm64']['min']:.6f} / {d['arm64']['median']:.6f}")
+            print(
+                f"   {key} against the x86 FP32 embedding, min / median: x86 {d['x86']['min']:.6f} / "
+                f"{d['x86']['median']:.6f}, arm64 {d['arm64']['min']:.6f} / {d['arm64']['median']:.6f}"
+            )
     for key, r in res["spaces"].items():
         if key.startswith("openvino-vs-onnxruntime"):
             arm, x86 = r["cos_all_arm64"]["min"], r["cos_all_x86"]["min"]
@@ -152,8 +168,10 @@ def main() -> None:
     ref = dict(np.load(args.ref))
     meta = json.loads(str(ref["meta"]))
     manifest = Manifest(args.models_dir)
-    print(f"x86 reference: {meta['cpu']} {meta['versions']}; {meta['images']} images, "
-          f"{len(ref['test'])} test faces, {len(ref['pairs'])} pairs")
+    print(
+        f"x86 reference: {meta['cpu']} {meta['versions']}; {meta['images']} images, "
+        f"{len(ref['test'])} test faces, {len(ref['pairs'])} pairs"
+    )
     out = {"x86": {"cpu": meta["cpu"], "versions": meta["versions"], "seconds": meta["seconds"]}}
     arms = {}
     for path in args.arm:
@@ -171,8 +189,10 @@ def main() -> None:
             keys = sorted(k for k in a if k.count("/") == 2 and k in b)
             mins = {k: float(np.nanmin(_cos(a[k][ia], b[k][ib]))) for k in keys}
             out[f"{la} vs {lb}"] = {"faces": int(len(ia)), "cos_min": mins}
-            print(f"\n{la} vs {lb}, {len(ia)} faces, min cosine: "
-                  + ", ".join(f"{k} {v:.6f}" for k, v in mins.items()))
+            print(
+                f"\n{la} vs {lb}, {len(ia)} faces, min cosine: "
+                + ", ".join(f"{k} {v:.6f}" for k, v in mins.items())
+            )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

@@ -64,10 +64,16 @@ def select(lfw: Path, n_faces: int, n_pairs: int):  # noqa: ANN201
     pairs, same = read_pairs(lfw / "pairsDevTrain.txt", ds)
     pos, neg = np.flatnonzero(same), np.flatnonzero(~same)
     half = n_pairs // 2
-    pick = np.concatenate(
-        [pos[np.linspace(0, len(pos) - 1, half).round().astype(int)],
-         neg[np.linspace(0, len(neg) - 1, n_pairs - half).round().astype(int)]]
-    ) if n_pairs else np.zeros(0, int)
+    pick = (
+        np.concatenate(
+            [
+                pos[np.linspace(0, len(pos) - 1, half).round().astype(int)],
+                neg[np.linspace(0, len(neg) - 1, n_pairs - half).round().astype(int)],
+            ]
+        )
+        if n_pairs
+        else np.zeros(0, int)
+    )
     sel_pairs, sel_same = pairs[pick].reshape(-1, 2), same[pick]
     rows = sorted(set(test) | set(sel_pairs.ravel().tolist()))
     where = {r: k for k, r in enumerate(rows)}
@@ -110,8 +116,11 @@ def run_runtime(
             "detector_sha256": _sha256(engine.detector.info.files.model),
         }
         engines[precision] = engine
-        print(f"{runtime}/{precision}: {engine.model_id} loaded, sha256 verified, "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"{runtime}/{precision}: {engine.model_id} loaded, sha256 verified, "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
     first = engines[args.precisions[0]]
     for e in engines.values():
         if e.embedder.align_spec != first.embedder.align_spec:
@@ -171,8 +180,11 @@ def run_runtime(
         meta["flip_check_max"][f"{runtime}/{precision}"] = float(dev)
         t_check = round(time.perf_counter() - t0, 2)
         meta["seconds"][f"{runtime}/{precision} engine flip on test faces"] = t_check
-        print(f"{runtime}/{precision}: {len(chips)} faces and their mirrors embedded in {t_embed:.1f} s; "
-              f"engine flip path on {len(test_rows)} test faces: max |difference| {dev:.2e}", flush=True)
+        print(
+            f"{runtime}/{precision}: {len(chips)} faces and their mirrors embedded in {t_embed:.1f} s; "
+            f"engine flip path on {len(test_rows)} test faces: max |difference| {dev:.2e}",
+            flush=True,
+        )
 
 
 def main() -> None:
