@@ -1,4 +1,4 @@
-"""Depth liveness: a face has centimetres of relief, a print or a screen has none, however it is held.
+"""Depth liveness: a face has centimetres of relief; a flat, bent or creased print or screen does not.
 
 Evidence from a depth camera whose SDK registered depth to the colour pixels (agent/capture/realsense.py),
 for one detected face (box + 6 keypoints):
@@ -17,7 +17,7 @@ for one detected face (box + 6 keypoints):
 - samples farther than `max_spread_mm` from the nose depth (background, hair, holes) are ignored; too few
   valid samples, or depth taken too far in time from the colour frame, is no evidence (fail closed).
 
-Thresholds were set on depth rendered from the face mesh of real photos and on planes and bent sheets
+Thresholds were set on depth rendered from the face mesh of real photos and on planes, bent and creased sheets
 (tests/test_depth_liveness.py; docs/liveness.md, "Depth evidence"): no recorded depth footage of real faces
 or attacks was available, and nothing here has run on a real depth camera.
 """
