@@ -396,7 +396,8 @@ class RecognitionPipeline:
         if usable:
             self.latency.add("embed", t3 - t2)
         gate = cam.worker.cfg.depth
-        depth = {id(f): depth_check(f, frame.depth, gate) for f in faces} if gate is not None else {}
+        # Only embedded faces' depth counts for a track (FaceTracker._count_depth): check only those.
+        depth = {id(f): depth_check(f, frame.depth, gate) for f in usable} if gate is not None else {}
         observations = [
             Observation(
                 box=f.box,
