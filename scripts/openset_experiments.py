@@ -52,6 +52,25 @@ def _topk(m: np.ndarray, k: int) -> np.ndarray:
     return -np.sort(-largest, axis=1)  # best first
 
 
+def _trial(rng, n_ids: int, g: int, own: np.ndarray):
+    """One random gallery of g identities (+1 spare column): the column order, each probe's own column in it
+    (-1: not drawn) and whether that lies among the first g."""
+    perm = rng.permutation(n_ids)[: g + 1]
+    pos = np.full(n_ids, -1)
+    pos[perm] = np.arange(g + 1)
+    ok = np.where(own >= 0, pos[np.maximum(own, 0)], -1)
+    return perm, ok, (ok >= 0) & (ok < g)
+
+
+def _stranger_scores(s: np.ndarray, ok: np.ndarray, inside: np.ndarray, g: int) -> np.ndarray:
+    """Every probe as a stranger against exactly g others: its own column removed, the spare one used
+    only by probes whose identity sits among the first g."""
+    m = s.copy()
+    m[np.flatnonzero(ok >= 0), ok[ok >= 0]] = -np.inf
+    m[~inside, g] = -np.inf
+    return m
+
+
 def cmd_norm(emb, found, labels, rng) -> None:
     keep = np.flatnonzero(found)
     e, lab = emb[keep].astype(np.float32), labels[keep]
@@ -87,15 +106,9 @@ def cmd_norm(emb, found, labels, rng) -> None:
     for g in (100, 500, 2000):
         acc: dict[str, list] = {}
         for _ in range(10):
-            perm = rng.permutation(len(ids))[: g + 1]
-            pos = np.full(len(ids), -1)
-            pos[perm] = np.arange(g + 1)
-            ok = np.where(own >= 0, pos[np.maximum(own, 0)], -1)
-            inside = (ok >= 0) & (ok < g)
+            perm, ok, inside = _trial(rng, len(ids), g, own)
             s = s_all[:, perm]
-            ss = s.copy()
-            ss[np.flatnonzero(ok >= 0), ok[ok >= 0]] = -np.inf
-            ss[~inside, g] = -np.inf
+            ss = _stranger_scores(s, ok, inside, g)
             mated = inside & ~enr
             rs, rm = rules(ss, tt[np.ix_(perm, perm)]), rules(s[mated][:, :g], tt[np.ix_(perm[:g], perm[:g])])
             for name in rs:
@@ -262,16 +275,10 @@ def cmd_mean(emb, found, labels, rng) -> None:
         for g in (100, 500, 1000):
             res: dict[str, list] = {}
             for _ in range(10):
-                perm = rng.permutation(len(who))[: g + 1]
-                pos = np.full(len(who), -1)
-                pos[perm] = np.arange(g + 1)
-                ok = pos[own]
-                inside = (ok >= 0) & (ok < g)
+                perm, ok, inside = _trial(rng, len(who), g, own)
                 mated = inside & ~enrolled
                 for rule, s in (("max (N = faces)", s_max), ("mean, FAR-mapped (N = persons)", s_eq)):
-                    m = s[:, perm].copy()
-                    m[np.flatnonzero(ok >= 0), ok[ok >= 0]] = -np.inf
-                    m[~inside, g] = -np.inf
+                    m = _stranger_scores(s[:, perm], ok, inside, g)
                     mm = s[mated][:, perm[:g]]
                     r = res.setdefault(rule, [[], [], [], []])
                     r[0].append(m.max(1))
