@@ -22,7 +22,7 @@ from agent.gates.depth_config import DepthGateConfig
 from agent.ops.log import LogConfig
 from agent.ops.metrics_config import MetricsConfig
 from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig
-from agent.sync.config import HubConfig, SyncConfig
+from agent.sync.config import HubConfig, SyncConfig, place_hub_database
 
 
 class Strict(BaseModel):
@@ -383,6 +383,7 @@ class AgentConfig(Strict):
         gallery = data.get("gallery") or {}
         if isinstance(gallery, dict) and "path" not in gallery:
             data["gallery"] = {**gallery, "path": state / "gallery"}
+        data = place_hub_database(data)
         publish = data.get("publish") or {}
         if isinstance(publish, dict):
             outbox = publish.get("outbox") or {}
@@ -397,6 +398,11 @@ class AgentConfig(Strict):
     def _hub_needs_api(self) -> AgentConfig:
         if self.hub is not None and self.api is None:
             raise ValueError("hub: serves its feed through the HTTP API; add an api: section")
+        if self.gallery.database is not None and self.sync is not None:
+            raise ValueError(
+                "sync: an edge mirrors a hub into its own SQLite gallery; a hub on PostgreSQL (hub.database) "
+                "cannot also be an edge"
+            )
         return self
 
     @model_validator(mode="after")

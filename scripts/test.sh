@@ -10,6 +10,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 # mosquitto_sub: tests/test_first_hour.py watches events the way docs/mqtt.md tells users to.
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# A real PostgreSQL server for the hub-on-PostgreSQL tests (tests/pg_support.py runs initdb and pg_ctl).
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # tests/test_int8_cpus.py runs the INT8 embedder on an emulated AVX2-only CPU (no AVX-512, no VNNI).
 [ "$(uname -m)" != x86_64 ] || command -v qemu-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-user)
 # tests/rtsp_server.py (the RTSP camera of tests/test_rtsp_source.py) runs on Debian's Python with GObject

@@ -74,3 +74,18 @@ def synth():
     sys.modules["liveness_eval"] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session (tests/pg_support.py)."""
+    import shutil
+
+    from pg_support import start_server
+
+    server = start_server()
+    yield server
+    try:
+        server.stop()
+    finally:
+        shutil.rmtree(server.root, ignore_errors=True)

@@ -60,6 +60,17 @@ class Hub:
     gallery: Gallery
     ca: Path
     state: Path
+    database: str | None = None
+
+    def cli(self) -> list[str]:
+        """`face-agent hub ...` arguments that open this hub's store: its state dir, or (PostgreSQL) a config
+        naming hub.database."""
+        if self.database is None:
+            return ["--state-dir", str(self.state)]
+        path = self.state / "hub-cli.yaml"
+        cfg = {"state_dir": str(self.state), "hub": {"database": self.database, "allow_plaintext": True}}
+        path.write_text(json.dumps(cfg))  # JSON is YAML
+        return ["--config", str(path)]
 
     @property
     def store(self):
@@ -75,10 +86,12 @@ class Hub:
         self.gallery.close()
 
 
-def start_hub(tmp: Path, pki: tuple[Path, Path, Path], hub: dict | None = None, **api: Any) -> Hub:
+def start_hub(
+    tmp: Path, pki: tuple[Path, Path, Path], hub: dict | None = None, database: str | None = None, **api: Any
+) -> Hub:
     ca, cert, key = pki
     state = tmp / "state"
-    gallery = Gallery(GalleryConfig(path=state / "gallery", save_interval_s=0))
+    gallery = Gallery(GalleryConfig(path=state / "gallery", save_interval_s=0, database=database))
     api_cfg = api_config(
         tmp / "cfg",
         tls_cert_file=str(cert),
@@ -89,7 +102,7 @@ def start_hub(tmp: Path, pki: tuple[Path, Path, Path], hub: dict | None = None, 
     service = HubService(HubConfig.model_validate(hub or {}), gallery, api_cfg)
     server = ApiServer(api_cfg, build_context(api_cfg, shared_engine(), gallery), [service.family]).start()
     service.start()
-    return Hub(service, server, gallery, ca, state)
+    return Hub(service, server, gallery, ca, state, database)
 
 
 @dataclass
@@ -160,9 +173,15 @@ def pki(tmp_path_factory) -> tuple[Path, Path, Path]:
     return make_certificates(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, pki):
-    h = start_hub(tmp_path_factory.mktemp("hub"), pki, {"max_page_ops": 500}, socket_timeout_s=3)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def hub(request, tmp_path_factory, pki):
+    """The hub on both stores: every test below that uses it runs against SQLite and PostgreSQL."""
+    database = None
+    if request.param == "postgresql":
+        from pg_support import migrated_database
+
+        database = migrated_database(request.getfixturevalue("pg_server"))
+    h = start_hub(tmp_path_factory.mktemp("hub"), pki, {"max_page_ops": 500}, database, socket_timeout_s=3)
     for gid in ("staff", "visitors", "private"):
         h.store.create_group(gid, info=f"{gid} info")
     yield h
@@ -280,7 +299,7 @@ def test_repeated_parameter_and_bad_snapshot_token(hub, door):
 def test_revoked_device_is_refused_at_its_next_request_also_when_revoked_by_the_cli(hub):
     secret = hub.service.devices.add("door-rev", ["staff"])
     assert sync_get(hub, "/v1/sync/groups", "door-rev", secret).status == 200
-    out = agent_cli("hub", "devices", "revoke", "door-rev", "--state-dir", str(hub.state))
+    out = agent_cli("hub", "devices", "revoke", "door-rev", *hub.cli())
     assert out.returncode == 0, out.stderr
     for path in ("/v1/sync/groups", "/v1/sync/groups/staff/feed", "/v1/sync/groups/staff/snapshot"):
         r = sync_get(hub, path, "door-rev", secret)
@@ -734,18 +753,18 @@ def test_device_store(tmp_path):
 
 def test_cli_add_writes_a_private_secret_file_that_signs(hub, tmp_path):
     path = tmp_path / "door-cli.secret"
-    args = ["--group", "staff", "--secret-file", str(path), "--state-dir", str(hub.state)]
+    args = ["--group", "staff", "--secret-file", str(path), *hub.cli()]
     out = agent_cli("hub", "devices", "add", "door-cli", *args)
     assert out.returncode == 0, out.stderr
     assert (path.stat().st_mode & 0o777) == 0o600
     secret = path.read_text().strip()
     assert secret not in out.stdout
     assert sync_get(hub, "/v1/sync/groups", "door-cli", secret).status == 200
-    listing = agent_cli("hub", "devices", "list", "--json", "--state-dir", str(hub.state))
+    listing = agent_cli("hub", "devices", "list", "--json", *hub.cli())
     assert listing.returncode == 0 and secret not in listing.stdout
     row = next(d for d in json.loads(listing.stdout)["devices"] if d["device_id"] == "door-cli")
     assert row["groups"] == ["staff"] and row["revoked"] is False
-    again = agent_cli("hub", "devices", "add", "door-cli", "--state-dir", str(hub.state))
+    again = agent_cli("hub", "devices", "add", "door-cli", *hub.cli())
     assert again.returncode == 2 and "device_exists" in again.stderr
 
 

@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from agent.api import jdcloud_sig
 from agent.api.common import ApiError, Request, digest_equal
@@ -47,11 +48,16 @@ def is_loopback(address: str) -> bool:
 
 
 class Authenticator:
-    def __init__(self, config: ApiConfig, secrets: dict[str, str]) -> None:
+    def __init__(self, config: ApiConfig, secrets: dict[str, str], replays: Any = None) -> None:
+        """`replays`: a shared store (SharedReplayCache: hub processes on PostgreSQL); else the file."""
         self._cfg = config
         self._secrets = secrets
         self._creds = {c.key: c for c in config.credentials}
-        self._replays = ReplayCache(config.replay_cache_size, config.signature_max_age_s, config.replay_store)
+        self._replays = (
+            replays
+            if replays is not None  # not `or`: an empty cache has len 0
+            else ReplayCache(config.replay_cache_size, config.signature_max_age_s, config.replay_store)
+        )
 
     def close(self) -> None:
         self._replays.close()

@@ -135,3 +135,68 @@ def _open(path: Path | None) -> tuple[sqlite3.Connection, bool]:
         for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             stale.unlink(missing_ok=True)
         return _connect(path), True
+
+
+class SharedReplayCache:
+    """Used signatures in a database every hub process shares (PostgreSQL, hub.database): a request
+    accepted by one process is refused as a replay by all the others behind the same load balancer.
+
+    One `INSERT ... ON CONFLICT DO NOTHING` per request decides atomically across processes; it does not
+    take the gallery's write lock (it is not a feed write). The database is durable per commit, so a
+    restarted process needs no start-time cut-off (`not_before` 0). Expired rows are pruned at most once a
+    second; `size` bounds the live rows per process as ReplayCache does (counted at each prune)."""
+
+    not_before = 0.0
+
+    def __init__(self, db: object, size: int, window_s: float, namespace: str) -> None:
+        self._db = db  # agent.gallery.db.PostgresDb (execute / query)
+        self._size, self._window = size, window_s
+        self._ns = namespace + ":"  # the API's and the hub's devices' signatures apart
+        self._lock = threading.Lock()
+        self._pruned_at = 0.0
+        self._count = 0
+        self._closed = False
+
+    def _prune(self, now: float) -> None:
+        self._db.execute("DELETE FROM used_signatures WHERE expires < ?", (now,))  # type: ignore[attr-defined]
+        self._count = int(self._db.query("SELECT COUNT(*) FROM used_signatures")[0][0])  # type: ignore[attr-defined]
+        self._pruned_at = now
+
+    def check_and_add(self, signature: str, signed_at: float) -> None:
+        now = time.time()
+        with self._lock:
+            if self._closed:
+                raise TransientError("the server is stopping", code="unavailable")
+            if now - self._pruned_at >= 1.0:
+                self._prune(now)
+            if self._count >= self._size:
+                raise ApiError("busy", "too many signed requests in the validity window")
+            added = self._db.execute(  # type: ignore[attr-defined]
+                "INSERT INTO used_signatures (digest, expires) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (self._ns + signature, signed_at + self._window),
+            )
+            if added == 0:
+                raise ApiError("auth_replayed", "this signature was already used")
+            self._count += 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._count
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True  # the database belongs to the gallery store, which closes it
+
+
+def shared_replays(config: object, gallery: object, namespace: str) -> SharedReplayCache | None:
+    """The shared store when the gallery lives in a database other processes use (hub.database), else None
+    (each process keeps its own file)."""
+    store = getattr(gallery, "store", None)
+    if store is None or not getattr(store, "shared", False):
+        return None
+    return SharedReplayCache(
+        store.db,
+        config.replay_cache_size,
+        config.signature_max_age_s,
+        namespace,  # type: ignore[attr-defined]
+    )

@@ -42,6 +42,7 @@ from agent.api.compat_jd import JdApi
 from agent.api.compat_jumdata import JumdataApi
 from agent.api.config import ApiConfig, load_secrets
 from agent.api.native import NativeApi
+from agent.api.replay import shared_replays
 from agent.api.routes import Family, Router
 from agent.api.service import ApiContext, QualityGate
 from agent.errors import ConfigError, TransientError
@@ -74,7 +75,7 @@ def build_context(
         matcher=Matcher(gallery, engine.model_id, scores, gallery.config),
         scores=scores,
         gate=EngineGate(config.engine_concurrency, config.engine_queue, config.engine_wait_s),
-        auth=Authenticator(config, secrets),
+        auth=Authenticator(config, secrets, shared_replays(config, gallery, "api")),
         tokens=TokenCache(config.face_token_cache, config.face_token_ttl_s),
         quality=quality or QualityGate(),
         decodes=PixelBudget(config.decode_pixels, config.engine_wait_s),

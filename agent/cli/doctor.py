@@ -545,6 +545,8 @@ def check_feed(gallery: GalleryConfig) -> Check:
     on `run`'s /metrics; `serve` has no metrics endpoint."""
     from agent.gallery.store import DB_FILENAME
 
+    if gallery.database is not None:
+        return _check_feed_postgres(gallery)
     path = gallery.path / DB_FILENAME
     if not path.exists():
         return Check("feed", "WARN", f"no gallery database at {path} yet", "start serve / run once")
@@ -566,6 +568,51 @@ def check_feed(gallery: GalleryConfig) -> Check:
     low = int(row[0]) if row else 0
     msg = (
         f"{n} operation(s), oldest {int(lo or 0)}, head {max(int(hi or 0), low)}, floor {low}; "
+        f"{devices} device(s), {revoked} revoked"
+    )
+    if devices - revoked == 0:
+        return Check("feed", "WARN", msg, "no device can pull yet: face-agent hub devices add ID --group G")
+    return Check("feed", "OK", msg)
+
+
+def _check_feed_postgres(gallery: GalleryConfig) -> Check:
+    """hub.database: the connection, the schema version, the feed (as for SQLite) and its lag: sequence
+    numbers drawn but not visible to readers (a write in flight now, or rolled back), and the age of the
+    newest operation. Read-only; doctor never migrates."""
+    import time
+
+    from agent.errors import AgentError
+    from agent.gallery.db import PostgresDb, masked
+    from agent.gallery.pg_schema import PG_SCHEMA_VERSION
+
+    where = masked(gallery.database or "")
+    try:
+        db = PostgresDb(gallery.database or "", pool_size=1, timeout_s=min(gallery.busy_timeout_s, 5.0))
+    except AgentError as exc:
+        return Check("feed", "FAIL", str(exc), "is PostgreSQL running and the URL's user allowed in?")
+    try:
+        version = db.schema_version()
+        if version != PG_SCHEMA_VERSION:
+            return Check(
+                "feed",
+                "FAIL",
+                f"{where}: schema {version}, this agent needs {PG_SCHEMA_VERSION}",
+                "face-agent hub migrate --config ...",
+            )
+        n, lo, hi, newest = db.query("SELECT COUNT(*), MIN(seq), MAX(seq), MAX(at) FROM feed")[0]
+        row = db.query("SELECT value FROM meta WHERE name = 'feed_floor'")
+        devices, revoked = db.query("SELECT COUNT(*), COUNT(revoked_at) FROM devices")[0]
+        drawn = db.feed_counter()
+    except AgentError as exc:
+        return Check("feed", "FAIL", f"{where}: {exc}", "is PostgreSQL running?")
+    finally:
+        db.close()
+    low = int(row[0][0]) if row else 0
+    head = max(int(hi or 0), low)
+    age = f"{time.time() - float(newest):.0f} s ago" if newest is not None else "never"
+    msg = (
+        f"{where} schema {version}: {n} operation(s), oldest {int(lo or 0)}, head {head}, floor {low}; "
+        f"lag: {max(0, drawn - head)} sequence number(s) drawn but not visible, newest operation {age}; "
         f"{devices} device(s), {revoked} revoked"
     )
     if devices - revoked == 0:

@@ -1,9 +1,11 @@
-"""`face-agent hub devices add|list|grant|ungrant|revoke`, `hub feed`, `hub compact`: the hub's devices and
-change feed, on the gallery database of the config's state directory.
+"""`face-agent hub devices add|list|grant|ungrant|revoke`, `hub feed`, `hub compact`, `hub migrate`: the
+hub's devices and change feed, on the gallery database of the config (SQLite in the state directory, or
+hub.database on PostgreSQL).
 
-They open the SQLite store only (no engine, no indexes), so they run in a second beside a running `serve`
-or `run`: the database is in WAL mode and the hub reads devices and grants on every request, so a
-revocation counts from the hub's next request on.
+They open the store only (no engine, no indexes), so they run in a second beside a running `serve` or
+`run`: the hub reads devices and grants on every request, so a revocation counts from its next request on.
+`hub migrate` creates or upgrades a PostgreSQL schema (agent/gallery/pg_schema.py); hub processes refuse
+to start on another schema version.
 """
 
 from __future__ import annotations
@@ -138,7 +140,28 @@ def _compact(cfg: Any, store: Any) -> None:
     print(f"compacted {n} operation(s) ({kept}); floor {st.floor}")
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from agent.cli.serve import load_serve_config
+    from agent.gallery.db import PostgresDb
+    from agent.gallery.pg_schema import migrate
+
+    cfg = load_serve_config(args.config, os.environ, {"state_dir": args.state_dir})
+    if cfg.gallery.database is None:
+        print("hub.database is not set: the SQLite gallery migrates itself when it opens; nothing to do")
+        return 0
+    db = PostgresDb(cfg.gallery.database, pool_size=1, timeout_s=cfg.gallery.busy_timeout_s)
+    try:
+        before, after = migrate(db)
+    finally:
+        db.close()
+    where = db.describe()
+    print(f"{where}: schema {before} -> {after}" if before != after else f"{where}: schema {after}, current")
+    return 0
+
+
 def hub_main(args: argparse.Namespace) -> int:
+    if args.action == "migrate":
+        return _migrate(args)
     cfg, store = _open(args)
     try:
         if args.action == "devices":

@@ -29,7 +29,7 @@ from agent.config import EngineConfig, default_state_dir, parse_model, read_yaml
 from agent.errors import ConfigError, FatalError
 from agent.gallery.config import GalleryConfig
 from agent.ops.log import LogConfig
-from agent.sync.config import HubConfig
+from agent.sync.config import HubConfig, place_hub_database
 
 log = logging.getLogger("agent.serve")
 
@@ -64,6 +64,7 @@ class ServeConfig(BaseModel):
             api = data.get("api") or {}
             if isinstance(api, dict) and "replay_store" not in api:
                 data = {**data, "api": {**api, "replay_store": state / "api-replay.sqlite3"}}
+            data = place_hub_database(data)
         return data
 
     @model_validator(mode="after")

@@ -55,7 +55,8 @@ def cmd_hub(args: argparse.Namespace) -> int:
 
 
 def _hub_commands(sub: Any) -> None:
-    """`hub devices add|list|grant|ungrant|revoke`, `hub feed`, `hub compact` (docs/sync.md, Devices)."""
+    """`hub devices add|list|grant|ungrant|revoke`, `hub feed`, `hub compact`, `hub migrate` (docs/sync.md,
+    docs/hub.md)."""
     h = sub.add_parser("hub", help="devices allowed to pull this hub's groups, and its change feed")
     hsub = h.add_subparsers(dest="action", required=True)
     d = hsub.add_parser("devices", help="add, list, grant, ungrant or revoke devices")
@@ -77,7 +78,10 @@ def _hub_commands(sub: Any) -> None:
     hf = hsub.add_parser("feed", help="change feed size: operations, oldest, head, floor")
     hf.add_argument("--json", action="store_true")
     hc = hsub.add_parser("compact", help="drop feed operations past hub.feed_keep_ops / feed_keep_days now")
-    for p in (da, dl, dg, du, dr, hf, hc):
+    hm = hsub.add_parser(
+        "migrate", help="create or upgrade the PostgreSQL schema of hub.database (SQLite migrates by itself)"
+    )
+    for p in (da, dl, dg, du, dr, hf, hc, hm):
         _common(p)
     h.set_defaults(func=cmd_hub)
 

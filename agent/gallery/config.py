@@ -18,13 +18,35 @@ class GalleryConfig(BaseModel):
     path: Path = Field(
         description="Directory of the gallery: gallery.sqlite3 plus indexes/ (created if missing)."
     )
+    database: str | None = Field(
+        None,
+        max_length=4096,
+        pattern=r"^postgres(ql)?://",
+        description="PostgreSQL URL of the store (set through hub.database: several hub processes share "
+        "it); unset: gallery.sqlite3 under path. indexes/ stay under path either way.",
+        repr=False,  # may carry a password
+    )
+    pool_size: int = Field(
+        8, ge=1, le=256, description="PostgreSQL connections this process keeps at most (database set)."
+    )
+    follow_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="With database set: how often this process takes other hub processes' enrolments and "
+        "deletions into its search indexes (a search sees them at most this much later).",
+    )
     synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL",
         description="SQLite synchronous mode (WAL journal). FULL fsyncs the WAL on every commit, so an "
         "acknowledged enrolment survives power loss; NORMAL survives a process crash only.",
     )
     busy_timeout_s: float = Field(
-        5.0, gt=0, le=300, description="How long SQLite waits for a locked database."
+        5.0,
+        gt=0,
+        le=300,
+        description="How long SQLite waits for a locked database; on PostgreSQL the connect, pool and lock "
+        "timeout.",
     )
     hnsw_m: int = Field(
         32,

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Literal
 
 from agent.errors import InputError
+from agent.gallery.db import Conn
 from agent.gallery.store import (
     FACE_ADDED,
     FACE_DELETED,
@@ -69,18 +69,18 @@ class FeedStats:
     floor: int  # operations up to here were compacted away
 
 
-def floor(conn: sqlite3.Connection) -> int:
+def floor(conn: Conn) -> int:
     row = conn.execute("SELECT value FROM meta WHERE name = ?", (FLOOR_KEY,)).fetchone()
     return int(row[0]) if row else 0
 
 
-def group_floor(conn: sqlite3.Connection, group_id: str) -> int:
+def group_floor(conn: Conn, group_id: str) -> int:
     """The newest operation of this group compaction dropped (0: none): a cursor below it missed one."""
     row = conn.execute("SELECT value FROM meta WHERE name = ?", (GROUP_FLOOR_PREFIX + group_id,)).fetchone()
     return int(row[0]) if row else 0
 
 
-def group_head(conn: sqlite3.Connection, group_id: str) -> int:
+def group_head(conn: Conn, group_id: str) -> int:
     """The group's newest sequence number, also when compaction dropped all of its operations."""
     row = conn.execute("SELECT MAX(seq) FROM feed WHERE group_id = ?", (group_id,)).fetchone()
     return max(int(row[0] or 0), group_floor(conn, group_id))
@@ -136,12 +136,12 @@ def _face(row: tuple, thumbnails: Thumbnails, model_id: str | None) -> dict:
     return out
 
 
-def _group(conn: sqlite3.Connection, group_id: str) -> dict | None:
+def _group(conn: Conn, group_id: str) -> dict | None:
     row = conn.execute("SELECT group_name, info FROM groups WHERE group_id = ?", (group_id,)).fetchone()
     return None if row is None else {"group_id": group_id, "group_name": row[0], "info": row[1]}
 
 
-def _person(conn: sqlite3.Connection, person_id: str, group_id: str) -> dict | None:
+def _person(conn: Conn, person_id: str, group_id: str) -> dict | None:
     row = conn.execute(
         "SELECT outer_id, user_info FROM persons WHERE person_id = ? AND group_id = ?", (person_id, group_id)
     ).fetchone()
@@ -149,7 +149,7 @@ def _person(conn: sqlite3.Connection, person_id: str, group_id: str) -> dict | N
 
 
 def _resolve(
-    conn: sqlite3.Connection, group_id: str, op: str, key: str, thumbnails: Thumbnails, model_id: str | None
+    conn: Conn, group_id: str, op: str, key: str, thumbnails: Thumbnails, model_id: str | None
 ) -> dict | None:
     """The operation with its current data, or None when its subject is gone (a later op says so)."""
     if op in (GROUP_CREATED, GROUP_UPDATED):
@@ -183,7 +183,7 @@ def read_feed(
     model_id: str | None = None,
 ) -> Page:
     """Operations of one group with seq > `after`, at most `limit` and about `max_bytes` of JSON (always at
-    least one), read in one SQLite snapshot. Raises ResyncRequired when `after` predates the floor."""
+    least one), read in one database snapshot. Raises ResyncRequired when `after` predates the floor."""
     with store.reader() as conn:
         if _group(conn, group_id) is None:
             raise InputError(f"group {group_id!r} not found", code="group_not_found")
@@ -312,7 +312,7 @@ def compact(store: GalleryStore, *, keep_ops: int, keep_s: float, now: float | N
             return n
 
 
-def _set_meta(conn: sqlite3.Connection, name: str, value: int) -> None:
+def _set_meta(conn: Conn, name: str, value: int) -> None:
     conn.execute(
         "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
         (name, str(value)),

@@ -42,20 +42,27 @@ class Gallery:
         self._slots = threading.Semaphore(config.max_parallel_builds)
         self._indexes: dict[tuple[str, str], HnswIndex] = {}
         self._stop = threading.Event()
+        # Read before the indexes load: whatever commits after it is followed, and following is idempotent.
+        self._followed = self._feed_top() if self.store.shared else 0
         for group_id, model_id, dim in self.store.index_keys():
             self._make_index(group_id, model_id, dim).start()
         self._saver: threading.Thread | None = None
         if config.save_interval_s > 0:
             self._saver = threading.Thread(target=self._save_loop, name="gallery-saver", daemon=True)
             self._saver.start()
+        self._follower: threading.Thread | None = None
+        if self.store.shared:
+            self._follower = threading.Thread(target=self._follow_loop, name="gallery-follow", daemon=True)
+            self._follower.start()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop the saver, let running builds finish (bounded), save changed indexes, close SQLite."""
         self._stop.set()
-        if self._saver is not None:
-            self._saver.join(timeout)
+        for thread in (self._saver, self._follower):
+            if thread is not None:
+                thread.join(timeout)
         for idx in list(self._indexes.values()):
             idx.close(timeout)
         self.store.close()
@@ -81,6 +88,51 @@ class Gallery:
                     idx.save()
                 except (TransientError, OSError) as exc:  # retried at the next interval
                     log.warning("saving gallery index %s/%s failed: %s", idx.group_id, idx.model_id, exc)
+
+    # -- other processes' writes (hub processes on one PostgreSQL database) ---------------------------------
+
+    def _feed_top(self) -> int:
+        return int(self.store.read("SELECT COALESCE(MAX(seq), 0) FROM feed")[0][0])
+
+    def _follow_loop(self) -> None:
+        while not self._stop.wait(self.config.follow_interval_s):
+            try:
+                self.follow()
+            except (TransientError, InputError) as exc:  # database away, lock busy: the next round retries
+                log.warning("gallery: following other processes' writes failed: %s", exc)
+
+    def follow(self) -> int:
+        """Bring the indexes in step with writes other processes committed since the last round: the change
+        feed says which groups changed (every write appends to it, and with the write lock what readers
+        see of it is a prefix); each of their (group, model) indexes is reconciled with the database, new
+        ones are built, emptied ones dropped. Returns the faces added plus removed."""
+        rows = self.store.read(
+            "SELECT group_id, MAX(seq) FROM feed WHERE seq > ? GROUP BY group_id", (self._followed,)
+        )
+        floor = self.store.read("SELECT value FROM meta WHERE name = 'feed_floor'")
+        if floor and int(floor[0][0]) > self._followed:  # compaction dropped ops this process never saw
+            rows = [(g.group_id, int(floor[0][0])) for g in self.store.list_groups()] + list(rows)
+            rows += [(g, int(floor[0][0])) for g, _ in self._indexes]
+        if not rows:
+            return 0
+        changed = {str(g) for g, _ in rows}
+        keys = [(g, m, d) for g, m, d in self.store.index_keys() if g in changed]
+        moved = 0
+        with self._writing():
+            for group_id, model_id, dim in keys:
+                idx = self._indexes.get((group_id, model_id))
+                if idx is None:
+                    self._make_index(group_id, model_id, dim).start()
+                    continue
+                added, removed = idx.follow()
+                moved += added + removed
+            live = {(g, m) for g, m, _ in keys}
+            for key in [k for k in self._indexes if k[0] in changed and k not in live]:
+                self._indexes.pop(key).discard()
+        self._followed = max(int(s) for _, s in rows)
+        if moved:
+            log.info("gallery: %d face(s) added or removed by other processes taken in", moved)
+        return moved
 
     def index(self, group_id: str, model_id: str) -> HnswIndex | None:
         return self._indexes.get((group_id, model_id))

@@ -317,6 +317,31 @@ class HnswIndex:
             )
         return newly_deleted
 
+    def follow(self) -> tuple[int, int]:
+        """Take in what other processes changed in the database (hub processes sharing PostgreSQL); the
+        caller holds the mutation lock. The difference is read first and applied under the write lock
+        only, so searches wait for the hnswlib update, not for the queries. (added, removed)."""
+        idx = self._index
+        if idx is None:
+            return 0, 0  # a load or build is running: its reconcile step reads the database anyway
+        in_db = self._store.labels(self.group_id, self.model_id)
+        in_index = np.asarray(idx.get_ids_list(), dtype=np.int64)
+        missing = np.setdiff1d(in_db, in_index, assume_unique=True)
+        extra = np.setdiff1d(in_index, in_db, assume_unique=True)
+        if not len(missing) and not len(extra):
+            return 0, 0
+        labels, vectors = self._store.vectors(missing.tolist(), self.dim)
+        with self._rw.write(self._cfg.lock_timeout_s):
+            if self._index is not idx:
+                return 0, 0  # a rebuild swapped in a newer index meanwhile; it reconciled itself
+            if len(labels):
+                self._grow(idx, len(labels))
+                idx.add_items(vectors, labels, num_threads=1)
+            removed = sum(self._scrub(idx, int(label)) for label in extra)
+            self._deleted += removed
+            self._dirty = True
+        return len(labels), removed
+
     # -- writes (caller holds mutation_lock and has committed to SQLite) ---------------------------------
 
     def check_room(self, n: int) -> None:

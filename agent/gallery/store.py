@@ -1,4 +1,9 @@
-"""SQLite store of groups, persons and faces: the gallery's source of truth.
+"""The store of groups, persons and faces: the gallery's source of truth (SQLite, or PostgreSQL for hubs).
+
+The SQL below runs on both engines (agent/gallery/db.py; PostgreSQL's schema is agent/gallery/pg_schema.py).
+The durability and privacy notes that follow are SQLite's; on PostgreSQL a commit is durable when it returns
+(synchronous_commit), deleted rows are gone from the tables at once and from the data files once VACUUM
+reuses their pages.
 
 Durability: WAL journal with `synchronous=FULL` by default, so every commit fsyncs the WAL before `add_faces`
 returns; an acknowledged enrolment survives a kill -9 and a power cut (NORMAL would survive the kill only).
@@ -25,17 +30,16 @@ import logging
 import math
 import re
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from agent.errors import FatalError, InputError
 from agent.gallery.config import GalleryConfig
+from agent.gallery.db import Conn, PostgresDb, SqliteDb
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +115,7 @@ def _schema_v2(conn: sqlite3.Connection) -> None:
     )
 
 
-def _feed_insert(conn: sqlite3.Connection, group_id: str, op: str, key: str) -> None:
+def _feed_insert(conn: Conn, group_id: str, op: str, key: str) -> None:
     conn.execute(
         "INSERT INTO feed (group_id, op, key, at) VALUES (?, ?, ?, ?)", (group_id, op, key, time.time())
     )
@@ -210,33 +214,45 @@ def check_vector(vector: object) -> np.ndarray:
     return arr
 
 
+def open_db(config: GalleryConfig) -> SqliteDb | PostgresDb:
+    """The configured database, connected (not migrated)."""
+    if config.database is not None:
+        return PostgresDb(config.database, pool_size=config.pool_size, timeout_s=config.busy_timeout_s)
+    config.path.mkdir(parents=True, exist_ok=True)
+    return SqliteDb(config.path / DB_FILENAME, config.busy_timeout_s, config.synchronous)
+
+
 class GalleryStore:
-    """Thread-safe: one connection behind a lock for writes and point reads; bulk scans open their own."""
+    """Thread-safe. SQLite: one connection behind a lock for writes and point reads, bulk scans open their
+    own; PostgreSQL: a connection pool (agent/gallery/db.py)."""
 
     def __init__(self, config: GalleryConfig) -> None:
         self._cfg = config
         config.path.mkdir(parents=True, exist_ok=True)
-        self.db_path = config.path / DB_FILENAME
-        self._lock = threading.RLock()
-        self._conn = self._connect()
-        self._migrate()
+        self.db = open_db(config)
+        self._integrity = self.db.integrity_errors
+        try:
+            if isinstance(self.db, PostgresDb):
+                from agent.gallery.pg_schema import require_current
+
+                require_current(self.db)
+            else:
+                self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
+
+    @property
+    def db_path(self) -> str:
+        """Where the data lives: the SQLite file, or the PostgreSQL URL without its password."""
+        return self.db.describe()
+
+    @property
+    def shared(self) -> bool:
+        """True when other processes write the same database (PostgreSQL: several hub processes)."""
+        return isinstance(self.db, PostgresDb)
 
     # -- connection and schema ---------------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(
-                self.db_path, timeout=self._cfg.busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise FatalError(f"cannot open gallery database {self.db_path}: {exc}") from exc
-        if str(mode).lower() != "wal":
-            raise FatalError(f"gallery database {self.db_path} refused WAL mode (got {mode})")
-        conn.execute(f"PRAGMA synchronous={self._cfg.synchronous}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA secure_delete=ON")
-        return conn
 
     def _migrate(self) -> None:
         with self._tx() as conn:
@@ -251,7 +267,7 @@ class GalleryStore:
                 MIGRATIONS[target](conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    def transaction(self) -> contextlib.AbstractContextManager[Conn]:
         """The write transaction, for the gallery's own modules (feed.py, mirror.py)."""
         return self._tx()
 
@@ -259,20 +275,16 @@ class GalleryStore:
         """A point query under the store lock, for the gallery's own modules."""
         return self._query(sql, params)
 
-    @contextmanager
-    def reader(self) -> Iterator[sqlite3.Connection]:
-        """A private read-only connection inside one read transaction: a consistent WAL snapshot that
-        neither holds the store lock nor sees half of a concurrent write."""
-        conn = sqlite3.connect(self.db_path, timeout=self._cfg.busy_timeout_s, isolation_level=None)
-        try:
-            conn.execute("PRAGMA query_only=ON")
-            conn.execute("BEGIN")
-            yield conn
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+    def reader(self) -> contextlib.AbstractContextManager[Conn]:
+        """A read-only transaction on its own connection: a consistent snapshot (SQLite's WAL, PostgreSQL's
+        REPEATABLE READ) that neither holds the store lock nor sees half of a concurrent write."""
+        return self.db.reader()
 
-    def _record(self, conn: sqlite3.Connection, group_id: str, op: str, key: str) -> None:
+    def feed_counter(self) -> int:
+        """The feed's sequence counter: moves with every new operation, never back (compaction too)."""
+        return self.db.feed_counter()
+
+    def _record(self, conn: Conn, group_id: str, op: str, key: str) -> None:
         """Append one operation to the change feed, inside the caller's transaction. Mirrored groups are
         written by mirror.py only and are not in this store's feed (the hub's feed is their source)."""
         row = conn.execute("SELECT origin FROM groups WHERE group_id = ?", (group_id,)).fetchone()
@@ -280,7 +292,7 @@ class GalleryStore:
             _feed_insert(conn, group_id, op, key)
 
     @staticmethod
-    def _require_writable(conn: sqlite3.Connection, group_id: str) -> None:
+    def _require_writable(conn: Conn, group_id: str) -> None:
         row = conn.execute("SELECT origin FROM groups WHERE group_id = ?", (group_id,)).fetchone()
         if row is None:
             raise InputError(f"group {group_id!r} not found", code="group_not_found")
@@ -291,25 +303,15 @@ class GalleryStore:
                 code="group_read_only",
             )
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, committed (and fsynced) before the block's caller gets control back."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[Conn]:
+        """One write transaction, committed (and durable) before the block's caller gets control back."""
+        return self.db.tx()
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        return self.db.query(sql, params)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.db.close()
 
     def scrub_wal(self) -> None:
         """After mirror deletes (mirror.py): drop WAL frames that held the deleted embeddings."""
@@ -317,9 +319,7 @@ class GalleryStore:
 
     def _scrub_wal(self) -> None:
         """Drop WAL frames that may still hold deleted embeddings; best effort if a reader holds the WAL."""
-        with self._lock:
-            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        if busy:
+        if not self.db.scrub():
             log.info("WAL checkpoint after delete was blocked by a reader; old frames go at the next one")
 
     # -- groups ------------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ class GalleryStore:
                     (gid, name, rec.info, rec.created_at),
                 )
                 _feed_insert(conn, gid, GROUP_CREATED, gid)
-        except sqlite3.IntegrityError as exc:
+        except self._integrity as exc:
             raise InputError(f"group {gid!r} / {name!r} already exists", code="group_exists") from exc
         return rec
 
@@ -360,7 +360,7 @@ class GalleryStore:
                     (group_name, info, group_id),
                 )
                 self._record(conn, group_id, GROUP_UPDATED, group_id)
-        except sqlite3.IntegrityError as exc:
+        except self._integrity as exc:
             raise InputError(f"group name {group_name!r} is taken", code="group_exists") from exc
         return self.get_group(group_id)
 
@@ -397,11 +397,11 @@ class GalleryStore:
 
     _PERSON_SELECT = "SELECT person_id, group_id, outer_id, user_info, created_at FROM persons"
 
-    def _person_row(self, conn: sqlite3.Connection, group_id: str, outer_id: str) -> tuple | None:
+    def _person_row(self, conn: Conn, group_id: str, outer_id: str) -> tuple | None:
         sql = self._PERSON_SELECT + " WHERE group_id = ? AND outer_id = ?"
         return conn.execute(sql, (group_id, outer_id)).fetchone()
 
-    def _upsert_person(self, conn: sqlite3.Connection, group_id: str, outer_id: str, info: str | None) -> str:
+    def _upsert_person(self, conn: Conn, group_id: str, outer_id: str, info: str | None) -> str:
         row = self._person_row(conn, group_id, outer_id)
         if row is None:
             pid = new_id()
@@ -428,8 +428,8 @@ class GalleryStore:
             return PersonRecord(*self._person_row(conn, group_id, outer_id))
 
     def get_person(self, group_id: str, outer_id: str) -> PersonRecord:
-        with self._lock:
-            row = self._person_row(self._conn, group_id, outer_id)
+        rows = self._query(self._PERSON_SELECT + " WHERE group_id = ? AND outer_id = ?", (group_id, outer_id))
+        row = rows[0] if rows else None
         if row is None:
             raise InputError(f"person {outer_id!r} not found in group {group_id!r}", code="person_not_found")
         return PersonRecord(*row)
@@ -455,7 +455,7 @@ class GalleryStore:
         return removed
 
     @staticmethod
-    def _removed(conn: sqlite3.Connection, sql: str, key: str) -> list[RemovedFace]:
+    def _removed(conn: Conn, sql: str, key: str) -> list[RemovedFace]:
         return [RemovedFace(g, m, int(lbl)) for g, m, lbl in conn.execute(sql, (key,)).fetchall()]
 
     # -- faces -------------------------------------------------------------------------------------------
@@ -493,7 +493,7 @@ class GalleryStore:
         return out
 
     def _insert_face(
-        self, conn: sqlite3.Connection, group_id: str, face: NewFace, vec: np.ndarray
+        self, conn: Conn, group_id: str, face: NewFace, vec: np.ndarray
     ) -> FaceRecord:
         row = conn.execute("SELECT dim FROM faces WHERE model_id = ? LIMIT 1", (face.model_id,)).fetchone()
         if row is not None and int(row[0]) != vec.shape[0]:
@@ -507,12 +507,12 @@ class GalleryStore:
         fid, now = face.face_id or new_id(), time.time()
         blob = vec.astype("<f4").tobytes()
         try:
-            cur = conn.execute(
+            label = conn.execute(
                 "INSERT INTO faces (face_id, person_id, group_id, model_id, dim, embedding, quality,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING label",
                 (fid, pid, group_id, face.model_id, vec.shape[0], blob, face.quality, now),
-            )
-        except sqlite3.IntegrityError as exc:  # only a caller-given face_id can collide (uuid4 otherwise)
+            ).fetchone()[0]
+        except self._integrity as exc:  # only a caller-given face_id can collide (uuid4 otherwise)
             raise InputError(f"face {fid!r} already exists", code="face_id_conflict") from exc
         if face.thumbnail is not None:
             conn.execute(
@@ -521,7 +521,7 @@ class GalleryStore:
         info = conn.execute("SELECT user_info FROM persons WHERE person_id = ?", (pid,)).fetchone()[0]
         return FaceRecord(
             fid,
-            int(cur.lastrowid),
+            int(label),
             pid,
             face.outer_id,
             info,
@@ -654,9 +654,7 @@ class GalleryStore:
 
     def labels(self, group_id: str, model_id: str) -> np.ndarray:
         sql = "SELECT label FROM faces WHERE group_id = ? AND model_id = ? ORDER BY label"
-        with self._lock:
-            cur = self._conn.execute(sql, (group_id, model_id))
-            return np.fromiter((r[0] for r in cur), dtype=np.int64)
+        return np.fromiter((r[0] for r in self._query(sql, (group_id, model_id))), dtype=np.int64)
 
     def vectors(self, labels: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of the given labels that still exist: (labels, vectors)."""
@@ -667,11 +665,11 @@ class GalleryStore:
             sql = f"SELECT label, embedding FROM faces WHERE label IN ({','.join('?' * len(part))})"
             for lbl, blob in self._query(sql, part):
                 got_labels.append(int(lbl))
-                blobs.append(blob)
+                blobs.append(bytes(blob))
         return np.asarray(got_labels, dtype=np.int64), _blobs_to_matrix(blobs, dim)
 
     def iter_vectors(self, group_id: str, model_id: str, dim: int, batch: int = 20_000) -> Iterator[tuple]:
-        """Stream (labels, vectors) of one (group, model) from a private read connection (a WAL snapshot),
+        """Stream (labels, vectors) of one (group, model) from a private read connection (a snapshot),
         so a long index build neither holds the store lock nor sees half of a concurrent write."""
         with self.reader() as conn:
             cur = conn.execute(

@@ -59,9 +59,8 @@ def payload(group_id: str, head: int, at: float) -> bytes:
 
 
 def _counter(store: GalleryStore) -> int:
-    """The feed's AUTOINCREMENT counter: moves with every new operation, never back (compaction too)."""
-    rows = store.read("SELECT seq FROM sqlite_sequence WHERE name = 'feed'")
-    return int(rows[0][0]) if rows else 0
+    """The feed's sequence counter: moves with every new operation, never back (compaction too)."""
+    return store.feed_counter()
 
 
 def _local_groups(store: GalleryStore) -> set[str]:

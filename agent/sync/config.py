@@ -23,6 +23,15 @@ class HubConfig(_Strict):
         description="serve embeddings and thumbnails over plain HTTP (loopback tests only); otherwise the "
         "API must have api.tls_cert_file and api.tls_key_file",
     )
+    database: str | None = Field(
+        None,
+        max_length=4096,
+        pattern=r"^postgres(ql)?://",
+        description="PostgreSQL URL (libpq's: postgresql://user@host/db?passfile=...) of the gallery, "
+        "devices and feed, shared by several hub processes; unset: SQLite under gallery.path. `face-agent "
+        "hub migrate` creates or upgrades its schema (docs/hub.md)",
+        repr=False,  # may carry a password
+    )
     feed_keep_ops: int = Field(
         1_000_000, ge=1000, le=1_000_000_000, description="operations kept in the feed at most"
     )
@@ -48,6 +57,23 @@ class HubConfig(_Strict):
         description="SQLite file keeping the signatures devices used, so a replay is refused also after a "
         "restart; unset: hub-replay.sqlite3 beside api.replay_store (in memory when that is unset too)",
     )
+
+
+def place_hub_database(data: dict) -> dict:
+    """Before validation of a whole config: hub.database is where the operator sets the PostgreSQL URL, the
+    gallery slice is what opens the store, so the URL is copied there. A URL in gallery.database without a
+    hub role, or two different URLs, is refused."""
+    hub, gallery = data.get("hub"), data.get("gallery")
+    url = hub.get("database") if isinstance(hub, dict) else None
+    if not isinstance(gallery, dict):
+        return data
+    if url is None:
+        if gallery.get("database") is not None:
+            raise ValueError("gallery.database (PostgreSQL) is for hub processes: set it as hub.database")
+        return data
+    if gallery.get("database") not in (None, url):
+        raise ValueError("set the PostgreSQL URL once, as hub.database (not gallery.database too)")
+    return {**data, "gallery": {**gallery, "database": url}}
 
 
 class SyncConfig(_Strict):

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.errors import InputError
+from agent.gallery.db import Conn
 from agent.gallery.store import GalleryStore
 
 # The native Authorization header splits on ',' and '=': a device id must hold neither (same as SyncConfig).
@@ -54,7 +54,7 @@ def _check_group(group_id: object) -> str:
 
 
 class DeviceStore:
-    """Add, grant, ungrant, revoke and look up devices; every call is one short SQLite transaction."""
+    """Add, grant, ungrant, revoke and look up devices; every call is one short database transaction."""
 
     def __init__(self, store: GalleryStore) -> None:
         self._store = store
@@ -73,7 +73,7 @@ class DeviceStore:
                     (device_id, secret, info, time.time()),
                 )
                 conn.executemany("INSERT INTO grants VALUES (?, ?)", [(device_id, g) for g in wanted])
-        except sqlite3.IntegrityError as exc:
+        except self._store.db.integrity_errors as exc:
             raise InputError(f"device {device_id!r} already exists", code="device_exists") from exc
         return secret
 
@@ -82,7 +82,9 @@ class DeviceStore:
         _check_group(group_id)
         with self._store.transaction() as conn:
             self._require(conn, device_id)
-            cur = conn.execute("INSERT OR IGNORE INTO grants VALUES (?, ?)", (device_id, group_id))
+            cur = conn.execute(
+                "INSERT INTO grants VALUES (?, ?) ON CONFLICT DO NOTHING", (device_id, group_id)
+            )
             return cur.rowcount == 1
 
     def ungrant(self, device_id: str, group_id: str) -> bool:
@@ -132,6 +134,6 @@ class DeviceStore:
         return DeviceRecord(device_id, info, created, revoked, tuple(g for (g,) in groups), secret)
 
     @staticmethod
-    def _require(conn: sqlite3.Connection, device_id: str) -> None:
+    def _require(conn: Conn, device_id: str) -> None:
         if conn.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)).fetchone() is None:
             raise InputError(f"device {device_id!r} not found", code="device_not_found")

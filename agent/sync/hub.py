@@ -27,7 +27,7 @@ from typing import Any
 from agent.api.auth import NATIVE_SCHEME, native_signature, raw_target
 from agent.api.common import ApiError, Request, Response, digest_equal, json_response
 from agent.api.config import ApiConfig
-from agent.api.replay import ReplayCache
+from agent.api.replay import ReplayCache, shared_replays
 from agent.api.routes import Route, route
 from agent.errors import ConfigError, InputError, TransientError
 from agent.gallery import Gallery, GalleryStore, feed
@@ -266,7 +266,7 @@ def _classify(exc: Exception) -> tuple[str, str]:
         return "bad_argument", exc.message  # e.g. invalid_token: a snapshot token this hub never gave out
     if isinstance(exc, TransientError):
         return ("busy" if exc.code == "busy" else "unavailable"), exc.message
-    if isinstance(exc, sqlite3.OperationalError):  # database locked past busy_timeout_s, disk I/O
+    if isinstance(exc, sqlite3.OperationalError):  # SQLite locked past busy_timeout_s, disk I/O
         return "unavailable", "the gallery database is busy; retry"
     return "internal", "internal error"
 
@@ -285,7 +285,13 @@ class HubService:
         self.config = config
         self.store = gallery.store
         self.devices = DeviceStore(self.store)
-        self._replays = ReplayCache(api.replay_cache_size, api.signature_max_age_s, replay_path(config, api))
+        # Several hub processes on one PostgreSQL database share one store of used signatures.
+        shared = shared_replays(api, gallery, "hub")  # (a cache has __len__: an empty one is falsy)
+        self._replays = (
+            shared
+            if shared is not None
+            else ReplayCache(api.replay_cache_size, api.signature_max_age_s, replay_path(config, api))
+        )
         self.family = HubFamily(
             config, self.store, DeviceAuth(self.devices, api.signature_max_age_s, self._replays)
         )

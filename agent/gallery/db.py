@@ -1,0 +1,267 @@
+"""The gallery store's two databases: SQLite (a device, a one-box hub) and PostgreSQL (several hub processes).
+
+`GalleryStore`, the feed and the hub's device table speak one SQL that both engines accept (`?`
+placeholders, `ON CONFLICT`, `RETURNING`); each engine here supplies the connection, the transaction, the
+snapshot reader and the schema. Only the types and the schema's DDL differ (pg_schema.py for PostgreSQL).
+
+Writes are serialised on both: SQLite by `BEGIN IMMEDIATE`, PostgreSQL by a transaction-level advisory
+lock taken as the first statement of every write transaction. On PostgreSQL that lock is also what keeps
+the change feed exact with several hub processes: feed sequence numbers come from a sequence, and without
+the lock a transaction holding 104 could commit after one holding 105, so a reader that saw 105 would skip
+104 for ever. With it, a writer draws its numbers only after every earlier writer has committed, so what a
+reader sees of the feed is always a prefix (gaps are rolled-back numbers, never a later commit). Enrolment
+is a few writes a second even on a large site, so one writer at a time costs nothing that matters.
+
+psycopg 3 with psycopg_pool: the maintained driver; the pool checks each connection before handing it
+out, so the hub reconnects by itself after PostgreSQL restarts. A lost connection or a timeout is a
+TransientError (`database_unavailable`: the API answers 503, the caller retries); a commit that returned
+was acknowledged by the server (synchronous_commit on) and is never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from agent.errors import FatalError, TransientError
+
+# The advisory lock every PostgreSQL write transaction takes: a fixed 64-bit key ("face-agent gallery").
+WRITE_LOCK_KEY = 0x6661_6365_6167_6C01
+POSTGRES_URL_RE = re.compile(r"^postgres(ql)?://")
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def fetchmany(self, size: int = ...) -> list[Any]: ...
+
+
+class Conn(Protocol):
+    """What store, feed and device code use of a connection: sqlite3.Connection has exactly this."""
+
+    def execute(self, sql: str, params: Sequence[object] = ...) -> Cursor: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> Cursor: ...
+
+
+def masked(url: str) -> str:
+    """The URL without its password, for logs and `doctor`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class SqliteDb:
+    """One connection behind a lock for writes and point reads; snapshot readers open their own."""
+
+    kind = "sqlite"
+    integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+
+    def __init__(self, path: Path, busy_timeout_s: float, synchronous: str) -> None:
+        self.path = path
+        self._timeout = busy_timeout_s
+        self._lock = threading.RLock()
+        try:
+            conn = sqlite3.connect(
+                path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise FatalError(f"cannot open gallery database {path}: {exc}") from exc
+        if str(mode).lower() != "wal":
+            raise FatalError(f"gallery database {path} refused WAL mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA secure_delete=ON")
+        self._conn = conn
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def schema_version(self) -> int:
+        return int(self.query("PRAGMA user_version")[0][0])
+
+    @contextmanager
+    def tx(self) -> Iterator[Conn]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def reader(self) -> Iterator[Conn]:
+        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def scrub(self) -> bool:
+        """Drop WAL frames that may still hold deleted rows; False if a reader held the WAL."""
+        with self._lock:
+            return not self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+
+    def feed_counter(self) -> int:
+        """The feed's AUTOINCREMENT counter: moves with every new operation, never back."""
+        rows = self.query("SELECT seq FROM sqlite_sequence WHERE name = 'feed'")
+        return int(rows[0][0]) if rows else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+@functools.lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    """The shared SQL's `?` placeholders in psycopg's style (no statement here holds a literal `?`)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PgConn:
+    """A psycopg connection that takes the shared SQL; errors of a lost server become TransientError."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Cursor:
+        with _unavailable():
+            return self._conn.execute(_pg_sql(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> Cursor:
+        with _unavailable():
+            cur = self._conn.cursor()
+            cur.executemany(_pg_sql(sql), [tuple(r) for r in rows])
+            return cur
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401 - checked here so the message names both
+    except ImportError as exc:  # optional: only a hub on PostgreSQL needs it
+        raise FatalError(
+            "gallery on PostgreSQL needs psycopg 3 and psycopg_pool: pip install 'face-agent[postgres]'"
+        ) from exc
+    return psycopg
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    psycopg = _psycopg()
+    try:
+        yield
+    except psycopg.OperationalError as exc:  # connection lost, server restarting, lock or statement timeout
+        raise TransientError(
+            f"gallery database unavailable: {exc}".strip(), code="database_unavailable"
+        ) from exc
+
+
+class PostgresDb:
+    """A connection pool; every write transaction holds WRITE_LOCK_KEY (see the module docstring)."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int, timeout_s: float, connect: bool = True) -> None:
+        psycopg = _psycopg()
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self.integrity_errors = (psycopg.IntegrityError,)
+        ms = int(timeout_s * 1000)
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=timeout_s,
+            open=False,
+            check=ConnectionPool.check_connection,
+            name="gallery",
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, int(timeout_s)),
+                # Every wait bounded: a lock (the write lock included) and a statement.
+                "options": f"-c lock_timeout={ms} -c statement_timeout={max(ms, 30_000)}",
+                "application_name": "face-agent",
+            },
+        )
+        if connect:
+            self.open(timeout_s)
+
+    def open(self, timeout_s: float) -> None:
+        try:
+            self._pool.open(wait=True, timeout=timeout_s)
+        except Exception as exc:  # PoolTimeout: nothing answered; the reason is in the pool's log
+            raise FatalError(f"cannot connect to the gallery database {masked(self.url)}: {exc}") from exc
+
+    def describe(self) -> str:
+        return masked(self.url)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        with _unavailable(), self._pool.connection() as conn:
+            yield conn
+
+    def schema_version(self) -> int:
+        """0 for a database this agent never migrated (`face-agent hub migrate` creates the schema)."""
+        if not self.query("SELECT to_regclass('face_agent_schema') IS NOT NULL")[0][0]:
+            return 0
+        rows = self.query("SELECT version FROM face_agent_schema")
+        return int(rows[0][0]) if rows else 0
+
+    @contextmanager
+    def tx(self) -> Iterator[Conn]:
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            yield _PgConn(conn)
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._connection() as conn:
+            return _PgConn(conn).execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """One statement in its own transaction, without the write lock (never a feed write); rowcount."""
+        with self._connection() as conn:
+            return int(_PgConn(conn).execute(sql, params).rowcount)
+
+    @contextmanager
+    def reader(self) -> Iterator[Conn]:
+        """One REPEATABLE READ, READ ONLY transaction: every statement sees the same committed snapshot."""
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield _PgConn(conn)
+
+    def scrub(self) -> bool:
+        """PostgreSQL keeps a deleted row's bytes until VACUUM reuses the page (autovacuum does it;
+        docs/hub.md says how to force it). Nothing to do per delete."""
+        return True
+
+    def feed_counter(self) -> int:
+        rows = self.query("SELECT last_value, is_called FROM feed_seq_seq")
+        return int(rows[0][0]) if rows and rows[0][1] else 0
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pool.close(timeout=5.0)
