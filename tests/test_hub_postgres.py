@@ -503,3 +503,35 @@ def test_two_hub_processes_under_concurrent_writes_a_restart_and_a_kill_keep_the
             edge.close()
         for proc in hubs:
             proc.stop()
+
+
+def test_erase_on_a_postgresql_hub_deletes_and_rewrites_the_tables(pg_server, pg_url, tmp_path):
+    import psycopg
+
+    from agent.cli.erase import erase_person
+
+    marker = b"ERASE-MARKER-" + bytes(range(16))
+    cfg = GalleryConfig(path=tmp_path / "g", database=pg_url, save_interval_s=0)
+    with Gallery(cfg) as g:
+        g.create_group("g")
+        rng = np.random.default_rng(3)
+        g.add_face("g", "erin", vector(rng), MODEL, thumbnail=marker)
+        g.add_face("g", "keep", vector(rng), MODEL, thumbnail=b"other")
+
+    def in_table_files() -> bool:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")  # flush the shared buffers to the table files
+            oid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+        files = (pg_server.data / "base" / str(oid)).iterdir()
+        return any(marker in f.read_bytes() for f in files if f.is_file())
+
+    assert in_table_files()  # positive control: the thumbnail's bytes are in the database's files
+    report = erase_person(cfg, None, "g", "erin")
+    assert report.person_found and report.faces == 1 and report.thumbnails == 1
+    assert any("face_thumbs" in v for v in report.vacuumed)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM persons WHERE outer_id = 'erin'").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM persons WHERE outer_id = 'keep'").fetchone()[0] == 1
+    assert not in_table_files()  # VACUUM (FULL) rewrote the tables without it (the WAL is another matter)
+    again = erase_person(cfg, None, "g", "erin")
+    assert not again.person_found

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.config import EngineConfig, OnnxRuntimeConfig, OpenVINORuntimeConfig
-from agent.errors import ModelError
+from agent.errors import AgentError, ModelError
 from agent.gallery.config import GalleryConfig
 from agent.gates.challenge import ChallengeConfig
 
@@ -187,9 +187,12 @@ def check_gallery_variant(engine: EngineConfig, gallery: GalleryConfig) -> Check
     except ModelError as exc:
         return Check("gallery-variant", "FAIL", exc.message, "see the engine-models check")
     variant = f"{info.model_id} on {engine.runtime.kind}"
-    if not (gallery.path / DB_FILENAME).exists():
+    if gallery.database is None and not (gallery.path / DB_FILENAME).exists():
         return Check("gallery-variant", "OK", f"{variant}; no gallery yet at {gallery.path}")
-    store = GalleryStore(gallery)
+    try:
+        store = GalleryStore(gallery)
+    except AgentError as exc:  # PostgreSQL unreachable or not migrated: the feed check says which
+        return Check("gallery-variant", "FAIL", str(exc), "see the feed check")
     try:
         counts = store.space_counts()
     finally:

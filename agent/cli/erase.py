@@ -7,7 +7,10 @@
   directly follows such an event) are deleted. This works on the outbox SQLite file directly, against the
   schema of agent/publish/outbox.py, because the outbox has no delete-by-content API;
 - both SQLite files are then VACUUMed (rebuilt without free pages) and their WAL checkpointed with TRUNCATE,
-  so no deleted page or old WAL frame still holds the outer_id, an embedding or a thumbnail.
+  so no deleted page or old WAL frame still holds the outer_id, an embedding or a thumbnail;
+- a hub on PostgreSQL (hub.database): the same deletes, then VACUUM (FULL) of faces, face_thumbs and
+  persons, which rewrites those tables without the deleted rows (docs/hub.md, Erasure). Other hub processes
+  keep the person in their indexes until their next follow round (about a second) scrubs it.
 
 The running service keeps its own copy of the index in memory and would save it back: stop it first
 (`systemctl stop face-agent`); the CLI refuses while systemd reports the unit active.
@@ -163,7 +166,17 @@ def erase_person(
     """Erase the person from the gallery and the outbox, then VACUUM both files. Idempotent."""
     report = ErasureReport(group_id, outer_id)
     db_path = gallery_cfg.path / DB_FILENAME
-    if db_path.exists():
+    if gallery_cfg.database is not None:  # a hub on PostgreSQL: delete, then rewrite the tables that held it
+        from agent.gallery.db import PostgresDb, masked
+
+        _erase_gallery(gallery_cfg, group_id, outer_id, report)
+        db = PostgresDb(gallery_cfg.database, pool_size=1, timeout_s=gallery_cfg.busy_timeout_s)
+        try:
+            db.vacuum_full(("faces", "face_thumbs", "persons"))
+        finally:
+            db.close()
+        report.vacuumed.append(f"{masked(gallery_cfg.database)} (faces, face_thumbs, persons)")
+    elif db_path.exists():
         _erase_gallery(gallery_cfg, group_id, outer_id, report)
         vacuum(db_path)
         report.vacuumed.append(str(db_path))

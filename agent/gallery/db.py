@@ -258,6 +258,20 @@ class PostgresDb:
         docs/hub.md says how to force it). Nothing to do per delete."""
         return True
 
+    def vacuum_full(self, tables: Sequence[str], timeout_s: float = 600.0) -> None:
+        """Rewrite tables so deleted rows' bytes leave the data files (erasure). On its own connection:
+        VACUUM cannot run in a transaction, and it may take longer than the pool's statement timeout. It
+        locks each table exclusively while it runs (hub requests on it wait, then get 503)."""
+        psycopg = _psycopg()
+        ms = int(timeout_s * 1000)
+        with _unavailable(), psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f"SET statement_timeout = {ms}")
+            conn.execute(f"SET lock_timeout = {ms}")
+            for table in tables:
+                if not re.fullmatch(r"[a-z_]+", table):
+                    raise ValueError(f"not a table name: {table!r}")
+                conn.execute(f"VACUUM (FULL) {table}")
+
     def feed_counter(self) -> int:
         rows = self.query("SELECT last_value, is_called FROM feed_seq_seq")
         return int(rows[0][0]) if rows and rows[0][1] else 0
