@@ -2,6 +2,12 @@
 
     nice -n 5 .venv/bin/python scripts/bench_sync.py                       # full run: 100k faces, ~17 min
     nice -n 5 .venv/bin/python scripts/bench_sync.py --faces 5000 --seconds 10 --sync-repeats 1  # smoke
+    nice -n 5 .venv/bin/python scripts/bench_sync.py --postgres --hubs 2 --edges 200 --rate 20  # issue 14
+
+`--postgres` runs the hubs on a PostgreSQL database (`--database URL`, or a throw-away local cluster made
+with Debian's postgresql binaries, as the tests do: tests/pg_support.py) and `--hubs N` starts N hub
+processes on it; the simulated edges are spread over them round-robin, the full syncs use the first one,
+and hub CPU is the sum over the hub processes (each also printed).
 
 What it measures (after printing the CPU model and core count):
 
@@ -104,6 +110,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(root_pid: int) -> float:
+    """CPU seconds of a process and its children (PostgreSQL's postmaster and its backends): the root's
+    utime + stime + cutime + cstime (children that exited) plus the live children's utime + stime."""
+    tck = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid: int) -> list[str]:
+        data = Path(f"/proc/{pid}/stat").read_text()
+        return data[data.rindex(")") + 2 :].split()
+
+    f = fields(root_pid)
+    total = sum(int(x) for x in f[11:15]) / tck
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                c = fields(int(entry.name))
+                if int(c[1]) == root_pid:
+                    total += (int(c[11]) + int(c[12])) / tck
+    return total
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -124,9 +150,9 @@ class _HubEngine:
         self.config = EngineConfig()
 
 
-def run_hub(state: Path, port: int) -> int:
+def run_hub(state: Path, port: int, database: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="hub %(levelname)s %(name)s: %(message)s")
-    gallery = Gallery(GalleryConfig(path=state / "gallery", save_interval_s=0))
+    gallery = Gallery(GalleryConfig(path=state / "gallery", save_interval_s=0, database=database))
     api = ApiConfig(host="127.0.0.1", port=port, score_thresholds=THRESHOLDS)
     hub = HubService(HubConfig(allow_plaintext=True), gallery, api)
     ctx = build_context(api, _HubEngine(), gallery, secrets={})
@@ -144,8 +170,10 @@ def run_hub(state: Path, port: int) -> int:
 
 
 class HubProcess:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, database: str | None = None) -> None:
+        state.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "hub", "--state", str(state)]
+        cmd += ["--database", database] if database else []
         self._log = (state / "hub.log").open("wb")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT)
         assert self.proc.stdout is not None
@@ -247,8 +275,8 @@ def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def make_devices(hub_db: Path, state: Path, edges: int) -> dict[str, Path]:
-    store = GalleryStore(GalleryConfig(path=hub_db))
+def make_devices(hub_db: Path, state: Path, edges: int, database: str | None) -> dict[str, Path]:
+    store = GalleryStore(GalleryConfig(path=hub_db, database=database))
     store.create_group(PLAIN)
     store.create_group(THUMBS)
     devices = DeviceStore(store)
@@ -518,7 +546,7 @@ def load_worker(
 
 
 def hub_load(
-    hub: HubProcess,
+    hubs: list[HubProcess],
     store: GalleryStore,
     secrets: dict[str, Path],
     args: argparse.Namespace,
@@ -532,10 +560,10 @@ def hub_load(
     procs = [
         ctx.Process(
             target=load_worker,
-            args=(hub.port, c, args.interval, ready, go, start_at, stop_at, out),
+            args=(hubs[k % len(hubs)].port, c, args.interval, ready, go, start_at, stop_at, out),
             daemon=True,
         )
-        for c in chunks
+        for k, c in enumerate(chunks)
         if c
     ]
     for p in procs:
@@ -578,7 +606,8 @@ def hub_load(
     if edge_thread is not None:
         edge_thread.start()
     time.sleep(max(0.0, begin - time.time()))
-    cpu0, w0 = hub.cpu(), time.monotonic()
+    pg0 = tree_cpu_seconds(args.pg_pid) if args.pg_pid else 0.0
+    cpu0, w0 = [h.cpu() for h in hubs], time.monotonic()
     i = 0
     while True:
         due = begin + i / args.rate
@@ -589,7 +618,8 @@ def hub_load(
         commits[rec.face_id] = time.time()
         i += 1
     time.sleep(max(0.0, end - time.time()))
-    hub_cpu, wall = hub.cpu() - cpu0, time.monotonic() - w0
+    hub_cpus, wall = [h.cpu() - c for h, c in zip(hubs, cpu0, strict=True)], time.monotonic() - w0
+    pg_cpu = tree_cpu_seconds(args.pg_pid) - pg0 if args.pg_pid else float("nan")
     results = [out.get(timeout=args.seconds + 120) for _ in procs]
     for p in procs:
         p.join(30)
@@ -605,7 +635,9 @@ def hub_load(
         "seconds": wall,
         "enrolled": len(commits),
         "rate": len(commits) / wall,
-        "hub_cpu_pct": 100 * hub_cpu / wall,
+        "hub_cpu_pct": 100 * sum(hub_cpus) / wall,
+        "hub_cpu_each": [round(100 * c / wall, 1) for c in hub_cpus],
+        "pg_cpu_pct": 100 * pg_cpu / wall,
         "requests": len(groups_ms) + len(feed_ms),
         "req_per_s": (len(groups_ms) + len(feed_ms)) / (wall + 2 * args.interval + 1),
         "errors": sum(r["errors"] for r in results),
@@ -651,9 +683,15 @@ def main() -> int:
     ap.add_argument("--skip-changes", action="store_true")
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--postgres", action="store_true", help="hubs on PostgreSQL (a local throw-away cluster)")
+    ap.add_argument("--database", default=None, help="hubs on this PostgreSQL URL (migrated here)")
+    ap.add_argument("--hubs", type=int, default=1, help="hub processes (more than 1 needs PostgreSQL)")
     args = ap.parse_args()
     if args.role == "hub":
-        return run_hub(args.state, args.port)
+        return run_hub(args.state, args.port, args.database)
+    args.pg_pid = 0  # set when this script runs the cluster: its CPU is reported too
+    if args.hubs > 1 and not (args.postgres or args.database):
+        ap.error("--hubs > 1 needs --postgres or --database: SQLite hubs do not share a database")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     print(f"CPU: {cpu_model()}; cores: {os.cpu_count()} (usable {len(os.sched_getaffinity(0))})")
@@ -668,12 +706,29 @@ def main() -> int:
     hub_state.mkdir(exist_ok=True)
     install_timers()
     thumb = None if args.skip_thumbs else thumbnail_bytes(args.data)
-    secrets = make_devices(hub_state / "gallery", work, args.edges)
-    hub = HubProcess(hub_state)
+    cluster, database = None, args.database
+    if args.postgres and database is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from pg_support import start_server
+
+        cluster = start_server()
+        database = cluster.new_database()
+        args.pg_pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    if database is not None:
+        from agent.gallery.db import PostgresDb
+        from agent.gallery.pg_schema import migrate
+
+        db = PostgresDb(database, pool_size=1, timeout_s=10)
+        migrate(db)
+        db.close()
+        print(f"hubs on PostgreSQL ({db.describe()})")
+    secrets = make_devices(hub_state / "gallery", work, args.edges, database)
+    hubs = [HubProcess(hub_state if k == 0 else work / f"hub-{k}", database) for k in range(args.hubs)]
+    hub = hubs[0]
     edge: tuple[Gallery, EdgeSyncer] | None = None
     store: GalleryStore | None = None
     try:
-        store = GalleryStore(GalleryConfig(path=hub_state / "gallery"))
+        store = GalleryStore(GalleryConfig(path=hub_state / "gallery", database=database))
         vecs = unit_vectors(np.random.default_rng(1), n)
         t0 = time.perf_counter()
         ids = fill(store, PLAIN, vecs, None)
@@ -742,10 +797,13 @@ def main() -> int:
                 f"\n3. hub under load: {args.edges} edges polling every {args.interval:g} s in "
                 f"{args.load_procs} processes, enrolment {args.rate:g} faces/s, {args.seconds:g} s"
             )
-            res = hub_load(hub, store, secrets, args, edge)
+            res = hub_load(hubs, store, secrets, args, edge)
+            each = "" if len(hubs) == 1 else f" (per hub process: {res['hub_cpu_each']})"
+            if args.pg_pid:
+                each += f"; PostgreSQL (all its processes) {res['pg_cpu_pct']:.1f} %"
             print(
-                f"  hub CPU {res['hub_cpu_pct']:.1f} % of one core over {res['seconds']:.1f} s; enrolled "
-                f"{res['enrolled']} faces ({res['rate']:.2f}/s); {res['requests']} requests "
+                f"  hub CPU {res['hub_cpu_pct']:.1f} % of one core{each} over {res['seconds']:.1f} s; "
+                f"enrolled {res['enrolled']} faces ({res['rate']:.2f}/s); {res['requests']} requests "
                 f"({res['req_per_s']:.1f}/s), {res['errors']} errors {res['codes'] or ''}"
             )
             print(
@@ -766,7 +824,11 @@ def main() -> int:
             edge[0].close()
         if store is not None:
             store.close()
-        hub.stop()
+        for h in hubs:
+            h.stop()
+        if cluster is not None:
+            cluster.stop()
+            shutil.rmtree(cluster.root, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
