@@ -110,6 +110,19 @@ def test_engine_models_for_a_variant_that_does_not_exist() -> None:
     assert bad.status == "FAIL" and "no-such-model" in bad.message and "manifest" in bad.fix
 
 
+def test_openvino_int8_on_arm_warns_that_x86_galleries_drift() -> None:
+    from agent.cli.doctor import check_arm_space
+
+    default = EngineConfig()  # OpenVINO, dlib INT8 + flip
+    warn = check_arm_space(default, machine="aarch64")
+    assert warn.status == "WARN" and "onnxruntime" in warn.fix and "0.022" in warn.message
+    assert check_arm_space(default, machine="x86_64").status == "OK"
+    ort = EngineConfig(runtime=OnnxRuntimeConfig())
+    assert check_arm_space(ort, machine="aarch64").status == "OK"
+    fp32 = EngineConfig.model_validate({"embedder": {"precision": "fp32"}})
+    assert check_arm_space(fp32, machine="aarch64").status == "OK"
+
+
 def test_runtimes_on_this_machine() -> None:
     devices = available_devices()
     assert "CPU" in devices["openvino"] and "CPUExecutionProvider" in devices["onnxruntime"]

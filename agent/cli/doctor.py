@@ -229,6 +229,27 @@ def check_gallery_variant(engine: EngineConfig, gallery: GalleryConfig) -> Check
     )
 
 
+def check_arm_space(engine: EngineConfig, machine: str | None = None) -> Check:
+    """OpenVINO's INT8 kernels on ARM compute another embedding than on x86 (measured under emulation,
+    docs/platforms.md): a gallery enrolled on an x86 hub is then searched with probes ~0.01 cosine away."""
+    import platform
+
+    arch = machine or platform.machine()
+    emb, kind = engine.embedder, engine.runtime.kind
+    space = f"{emb.model} {emb.precision} on {kind}, {arch}"
+    if arch not in ("aarch64", "arm64") or kind != "openvino" or emb.precision != "int8":
+        return Check("arm-space", "OK", f"{space}: the same embeddings as on x86 (measured)")
+    return Check(
+        "arm-space",
+        "WARN",
+        f"{space}: OpenVINO runs most INT8 layers in FP32 on ARM; against x86 embeddings of the same faces "
+        "cosine 0.990-0.992, pair scores move by up to 0.022, 2 of 200 pairs changed side of FAR 1e-3 "
+        "(emulated cortex-a76); fine for a gallery enrolled on this device, not for one synced from x86",
+        "for a gallery enrolled on x86: engine.runtime.kind: onnxruntime (same embeddings, measured), or "
+        "engine.embedder.precision: fp32",
+    )
+
+
 # -- INT8 vs FP32 speed --------------------------------------------------------------------------------------
 
 _SPEED_RUNS = 30  # single-face inferences per precision, at most
@@ -692,6 +713,7 @@ def run_checks(
         check_runtimes(devices(), targets.engine),
         check_models(targets.engine.models_dir),
         check_engine_models(targets.engine),
+        check_arm_space(targets.engine),
     ]
     if targets.gallery is not None:
         checks.append(check_gallery_variant(targets.engine, targets.gallery))
