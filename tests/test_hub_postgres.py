@@ -535,3 +535,22 @@ def test_erase_on_a_postgresql_hub_deletes_and_rewrites_the_tables(pg_server, pg
     assert not in_table_files()  # VACUUM (FULL) rewrote the tables without it (the WAL is another matter)
     again = erase_person(cfg, None, "g", "erin")
     assert not again.person_found
+
+
+def test_text_postgresql_cannot_hold_is_bad_input_not_a_server_error(pg_url, tmp_path):
+    from agent.errors import InputError
+
+    store = GalleryStore(GalleryConfig(path=tmp_path / "g", database=pg_url))
+    try:
+        store.create_group("g")
+        for bad in ("a\x00b", "a\udc80b"):
+            with pytest.raises(InputError) as err:
+                store.get_group(bad)
+            assert err.value.code == "invalid_text"
+            with pytest.raises(InputError):
+                store.get_person("g", bad)
+            with pytest.raises(InputError):
+                store.upsert_person("g", bad)
+        assert store.get_group("g").group_id == "g"  # the pool's connections are fine afterwards
+    finally:
+        store.close()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from agent.errors import FatalError, TransientError
+from agent.errors import FatalError, InputError, TransientError
 
 # The advisory lock every PostgreSQL write transaction takes: a fixed 64-bit key ("face-agent gallery").
 WRITE_LOCK_KEY = 0x6661_6365_6167_6C01
@@ -140,6 +140,24 @@ def _pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def _checked(params: Sequence[object]) -> tuple:
+    """PostgreSQL text holds neither NUL nor lone surrogates (psycopg raises DataError / UnicodeEncodeError,
+    which would be a 500). Writes refuse NUL before they get here (store.check_text), so such a value can
+    only be a lookup key that matches nothing; it is refused as bad input (SQLite answers not-found)."""
+    for p in params:
+        if isinstance(p, str) and ("\x00" in p or not p.isascii() and _has_surrogate(p)):
+            raise InputError("text must be valid Unicode without NUL characters", code="invalid_text")
+    return tuple(params)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 class _PgConn:
     """A psycopg connection that takes the shared SQL; errors of a lost server become TransientError."""
 
@@ -147,13 +165,15 @@ class _PgConn:
         self._conn = conn
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Cursor:
+        checked = _checked(params)
         with _unavailable():
-            return self._conn.execute(_pg_sql(sql), tuple(params))
+            return self._conn.execute(_pg_sql(sql), checked)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> Cursor:
+        checked = [_checked(r) for r in rows]
         with _unavailable():
             cur = self._conn.cursor()
-            cur.executemany(_pg_sql(sql), [tuple(r) for r in rows])
+            cur.executemany(_pg_sql(sql), checked)
             return cur
 
 
