@@ -8,6 +8,8 @@
 #     instructions that Orin's A78AE also has; cortex-a72 = the Pi 4's, without them; max = qemu's default,
 #     with SVE2 / i8mm / SME, no board of this project);
 #   - `face-agent enroll` + `face-agent run` on the Hamilton clip, events into a Mosquitto on the host;
+#   - the same clip frame by frame (scripts/arm64/video_faces.py): decoded pixels and detections on both
+#     runtimes, compared with x86 (face counts differ with the video decoder, not the models);
 # and on the host: the same faces through the x86 .venv, the comparison (scripts/arm64/compare.py) and the
 # event count (mosquitto_sub). Idempotent: the root, the apt packages, the venv and pip's cache are kept under
 # $FACE_AGENT_ARM64_CACHE (default /var/cache/face-agent-arm64, never inside the checkout); the project is
@@ -15,7 +17,7 @@
 #
 #   sudo scripts/arm64_check.sh                 # everything (first run: debootstrap + pip under emulation)
 #   sudo scripts/arm64_check.sh --quick         # reduced: cortex-a76, 10 of the 40 faces, no pairs, no Hamilton
-#   sudo scripts/arm64_check.sh root install    # only some stages (root install embed compare hamilton)
+#   sudo scripts/arm64_check.sh root install    # only some stages (root install embed compare hamilton video)
 #   sudo scripts/arm64_check.sh clean           # remove the cached root
 #
 # Environment: FACE_AGENT_ARM64_CACHE, FACE_AGENT_DATA (default ../shared/data), ARM64_CPUS (CPU models that
@@ -52,7 +54,7 @@ QUICK=0
 for a in "$@"; do
     case "$a" in
         --quick) QUICK=1 ;;
-        root|install|embed|compare|hamilton|clean) STAGES+=("$a") ;;
+        root|install|embed|compare|hamilton|video|clean) STAGES+=("$a") ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "arm64_check.sh: unknown argument $a" >&2; exit 64 ;;
     esac
@@ -63,7 +65,7 @@ if [ "$QUICK" = 1 ]; then
     FACES=${ARM64_FACES:-10}
     [ ${#STAGES[@]} -gt 0 ] || STAGES=(root install embed compare)
 fi
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(root install embed compare hamilton)
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(root install embed compare hamilton video)
 want() { local s; for s in "${STAGES[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 [ "$(id -u)" = 0 ] || { echo "arm64_check.sh: needs root (debootstrap, chroot, mounts)" >&2; exit 1; }
@@ -295,6 +297,18 @@ EOF
     return "$rc"
 }
 
+# -- the Hamilton clip frame by frame: decoder and detector on both sides (why face counts differ) ----------
+video() {
+    local clip=$HAMILTON
+    timeout "$T_X86" "$HOST_VENV/bin/python" "$SRC/scripts/arm64/video_faces.py" --models-dir "$SRC/models" \
+        --video "$DATA/$clip" --out "$RUN/video-faces-x86.json" >"$RUN/video-faces-x86.log" 2>&1
+    in_root "QEMU_CPU=$HAMILTON_CPU" -- nice -n 10 timeout "$T_HAMILTON" /opt/face-agent/venv/bin/python \
+        /src/scripts/arm64/video_faces.py --models-dir /opt/face-agent/models --video "/data/$clip" \
+        --out /out/video-faces-arm64.json >"$RUN/video-faces-arm64.log" 2>&1
+    "$HOST_VENV/bin/python" "$SRC/scripts/arm64/video_faces.py" --compare "$RUN/video-faces-x86.json" \
+        "$RUN/video-faces-arm64.json" | tee "$RUN/video-faces-compare.txt"
+}
+
 # -- main ----------------------------------------------------------------------------------------------------
 log "run folder $RUN (cache $CACHE, checkout $SRC read-only inside, data $DATA)"
 [ -d "$DATA/lfw-devtrain" ] || { echo "no $DATA/lfw-devtrain (FACE_AGENT_DATA)" >&2; exit 1; }
@@ -312,6 +326,7 @@ if want embed; then
 fi
 want compare && step compare compare
 want hamilton && step hamilton hamilton
+want video && step video video
 log "cache $CACHE: $(du -sh --one-file-system "$CACHE" | cut -f1) (root $(du -sh --one-file-system "$ROOTFS" | cut -f1))"
 log "wall times (s), under qemu-user emulation on x86 where arm64:"
 column -t -s $'\t' "$TIMES" | tee -a "$RUN/check.log" >&2

@@ -23,9 +23,27 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def _box(face) -> list[float]:  # noqa: ANN001
     return [round(float(v), 4) for v in (face.box.x1, face.box.y1, face.box.x2, face.box.y2)]
+
+
+def _raw_hashes(video: Path) -> list[str]:
+    """sha256 of each frame as the decoder gives it before the BGR conversion (CAP_PROP_CONVERT_RGB off)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_CONVERT_RGB, 0)
+    out = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(hashlib.sha256(frame.tobytes()).hexdigest()[:16] + f":{frame.shape}")
+    cap.release()
+    return out
 
 
 def record(args: argparse.Namespace) -> dict:
@@ -47,6 +65,11 @@ def record(args: argparse.Namespace) -> dict:
         images.append(frame)
     cap.release()
     out["frames"] = frames
+    out["raw_frames"] = _raw_hashes(args.video)
+    for i in args.dump_frames:  # full frames for a pixel-level comparison on the host
+        np.save(args.out.with_name(f"{args.out.stem}-frame{i}.npy"), images[i])
+    if args.decode_only:
+        return out
     for runtime in args.runtimes:
         engine = make_engine(args.models_dir, "dlib-resnet-v1", "int8", runtime, args.detector, flip=True)
         thr = engine.detector._config.score_threshold  # noqa: SLF001 - the threshold `run` uses by default
@@ -78,6 +101,9 @@ def compare(a_path: Path, b_path: Path, min_px: int) -> None:
         return sum(s >= thr and min(b[2] - b[0], b[3] - b[1]) >= px for s, b in fr)
 
     same_px = sum(x == y for x, y in zip(a["frames"], b["frames"], strict=False))
+    if "raw_frames" in a and "raw_frames" in b:
+        same_raw = sum(x == y for x, y in zip(a["raw_frames"], b["raw_frames"], strict=False))
+        print(f"before the BGR conversion ({a['raw_frames'][0].split(':')[1]}): {same_raw} frames identical")
     print(
         f"{a['machine']} cv2 {a['cv2']} / {b['machine']} cv2 {b['cv2']}: {len(a['frames'])} / "
         f"{len(b['frames'])} frames decoded, {same_px} with identical pixels"
@@ -90,10 +116,10 @@ def compare(a_path: Path, b_path: Path, min_px: int) -> None:
         for i, (fa, fb) in enumerate(zip(ra, rb, strict=False)):
             ca, cb = n(fa), n(fb)
             if ca != cb:
-                px = "same pixels" if a["frames"][i] == b["frames"][i] else "pixels differ"
+                pixels = "same pixels" if a["frames"][i] == b["frames"][i] else "pixels differ"
                 sa, sb = [(s, _side(b)) for s, b in la[i]], [(s, _side(b)) for s, b in lb[i]]
                 print(
-                    f"  frame {i} ({px}): {ca} / {cb} faces; (score, box side) down to the floor {sa} / {sb}"
+                    f"  frame {i} ({pixels}): {ca} / {cb} faces; (score, box side) to the floor {sa} / {sb}"
                 )
         same = [i for i in range(min(len(ra), len(rb))) if a["frames"][i] == b["frames"][i]]
         dmax = 0.0
@@ -112,6 +138,8 @@ def main() -> None:
     p.add_argument("--floor", type=float, default=0.3, help="keep detections down to this score")
     p.add_argument("--min-face-px", type=int, default=40, help="the camera's min_face_px (default 40)")
     p.add_argument("--out", type=Path)
+    p.add_argument("--decode-only", action="store_true", help="record decoder hashes only, no detection")
+    p.add_argument("--dump-frames", type=int, nargs="*", default=[], help="save these frames as .npy")
     p.add_argument("--compare", type=Path, nargs=2, metavar=("X86", "ARM64"))
     args = p.parse_args()
     if args.compare:
