@@ -129,6 +129,12 @@ def test_a_second_process_takes_in_the_first_ones_writes(pg_url, tmp_path):
         assert b.follow() == 0  # its first index is built from the database, not followed
         assert b.index("g", MODEL) is not None and b.wait_ready(30)
         assert b.search("g", MODEL, vecs[3], 1)[0][0][0].face_id == recs[3].face_id
+        # Enrolments alone are replayed from the feed (read by id); the writer skips its own.
+        added = a.add_faces("g", [NewFace(f"new{i}", vector(rng), MODEL) for i in range(3)])
+        assert b.follow() == 3 and a.follow() == 0
+        for rec in added:
+            assert b.search("g", MODEL, a.get_embedding(rec.face_id), 1)[0][0][0].face_id == rec.face_id
+        # A deletion makes the follower reconcile the group with the database.
         more = a.add_faces("g", [NewFace("late", vector(rng), MODEL)])
         a.delete_face(recs[3].face_id)
         assert b.follow() == 2

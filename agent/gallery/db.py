@@ -12,10 +12,12 @@ the lock a transaction holding 104 could commit after one holding 105, so a read
 reader sees of the feed is always a prefix (gaps are rolled-back numbers, never a later commit). Enrolment
 is a few writes a second even on a large site, so one writer at a time costs nothing that matters.
 
-psycopg 3 with psycopg_pool: the maintained driver; the pool checks each connection before handing it
-out, so the hub reconnects by itself after PostgreSQL restarts. A lost connection or a timeout is a
-TransientError (`database_unavailable`: the API answers 503, the caller retries); a commit that returned
-was acknowledged by the server (synchronous_commit on) and is never lost.
+psycopg 3 with psycopg_pool: the maintained driver. A lost connection or a timeout is a TransientError
+(`database_unavailable`: the API answers 503, the caller retries); the pool drops a connection returned
+broken and opens new ones, so after PostgreSQL restarts the hub reconnects by itself (the requests that
+met an old connection got 503). Connections are not checked before each use: that would be one more round
+trip per query, about a third of a hub request's cost (scripts/bench_sync.py --postgres). A commit that
+returned was acknowledged by the server (synchronous_commit on) and is never lost.
 """
 
 from __future__ import annotations
@@ -217,7 +219,6 @@ class PostgresDb:
             max_size=pool_size,
             timeout=timeout_s,
             open=False,
-            check=ConnectionPool.check_connection,
             name="gallery",
             kwargs={
                 "autocommit": True,
@@ -268,10 +269,17 @@ class PostgresDb:
 
     @contextmanager
     def reader(self) -> Iterator[Conn]:
-        """One REPEATABLE READ, READ ONLY transaction: every statement sees the same committed snapshot."""
-        with self._connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            yield _PgConn(conn)
+        """One REPEATABLE READ, READ ONLY transaction: every statement sees the same committed snapshot.
+        Begun by one statement (conn.transaction() would need a second to set the isolation level)."""
+        with self._connection() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield _PgConn(conn)
+            except BaseException:
+                with contextlib.suppress(Exception):  # a broken connection: the pool discards it
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def scrub(self) -> bool:
         """PostgreSQL keeps a deleted row's bytes until VACUUM reuses the page (autovacuum does it;

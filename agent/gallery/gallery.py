@@ -21,6 +21,11 @@ from agent.gallery.config import GalleryConfig
 from agent.gallery.index import HnswIndex, RWLock
 from agent.gallery.mirror import Changes
 from agent.gallery.store import (
+    FACE_ADDED,
+    FACE_DELETED,
+    FACE_UPDATED,
+    GROUP_DELETED,
+    PERSON_DELETED,
     FaceRecord,
     GalleryStore,
     GroupRecord,
@@ -31,6 +36,12 @@ from agent.gallery.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# Feed operations after which the follower reconciles a group with the database (they remove faces or
+# change vectors, and the feed names faces by id, not by index label), and its batch per round.
+_RECONCILE_OPS = frozenset({FACE_DELETED, FACE_UPDATED, PERSON_DELETED, GROUP_DELETED})
+_FOLLOW_BATCH = 5000
+_OWN_MAX = 100_000
 
 
 class Gallery:
@@ -44,6 +55,7 @@ class Gallery:
         self._stop = threading.Event()
         # Read before the indexes load: whatever commits after it is followed, and following is idempotent.
         self._followed = self._feed_top() if self.store.shared else 0
+        self._own: set[str] = set()  # faces this process enrolled and the follower has not seen yet
         for group_id, model_id, dim in self.store.index_keys():
             self._make_index(group_id, model_id, dim).start()
         self._saver: threading.Thread | None = None
@@ -102,37 +114,80 @@ class Gallery:
                 log.warning("gallery: following other processes' writes failed: %s", exc)
 
     def follow(self) -> int:
-        """Bring the indexes in step with writes other processes committed since the last round: the change
-        feed says which groups changed (every write appends to it, and with the write lock what readers
-        see of it is a prefix); each of their (group, model) indexes is reconciled with the database, new
-        ones are built, emptied ones dropped. Returns the faces added plus removed."""
+        """Bring the indexes in step with writes other processes committed since the last round, from the
+        change feed (every write appends to it, and with the write lock what readers see of it is a
+        prefix). Enrolments are replayed: the new faces are read by id and added. A group with a deletion
+        or a re-embedding (whose labels the feed does not carry), a burst, or ops compaction dropped
+        unseen is reconciled with the database instead; new groups get an index, emptied ones lose it.
+        Returns the faces added plus removed."""
         rows = self.store.read(
-            "SELECT group_id, MAX(seq) FROM feed WHERE seq > ? GROUP BY group_id", (self._followed,)
+            "SELECT seq, group_id, op, key FROM feed WHERE seq > ? ORDER BY seq LIMIT ?",
+            (self._followed, _FOLLOW_BATCH),
         )
+        top = int(rows[-1][0]) if rows else self._followed
+        full = {str(g) for _, g, op, _ in rows if op in _RECONCILE_OPS}
+        if len(rows) == _FOLLOW_BATCH:
+            full |= {str(g) for _, g, _, _ in rows}
         floor = self.store.read("SELECT value FROM meta WHERE name = 'feed_floor'")
         if floor and int(floor[0][0]) > self._followed:  # compaction dropped ops this process never saw
-            rows = [(g.group_id, int(floor[0][0])) for g in self.store.list_groups()] + list(rows)
-            rows += [(g, int(floor[0][0])) for g, _ in self._indexes]
-        if not rows:
-            return 0
-        changed = {str(g) for g, _ in rows}
-        keys = [(g, m, d) for g, m, d in self.store.index_keys() if g in changed]
+            full |= {g.group_id for g in self.store.list_groups()} | {g for g, _ in self._indexes}
+            top = max(top, int(floor[0][0]))
         moved = 0
         with self._writing():
-            for group_id, model_id, dim in keys:
-                idx = self._indexes.get((group_id, model_id))
-                if idx is None:
-                    self._make_index(group_id, model_id, dim).start()
-                    continue
-                added, removed = idx.follow()
-                moved += added + removed
-            live = {(g, m) for g, m, _ in keys}
-            for key in [k for k in self._indexes if k[0] in changed and k not in live]:
-                self._indexes.pop(key).discard()
-        self._followed = max(int(s) for _, s in rows)
+            # Under the write lock: an add_faces whose rows this read saw has finished and noted them in
+            # _own (it commits and notes them while holding the lock).
+            new: list[str] = []
+            for _, gid, op, key in rows:
+                if op == FACE_ADDED and gid not in full and key not in self._own:
+                    new.append(str(key))
+                self._own.discard(key)
+            if full:
+                moved += self._reconcile_groups(full)
+            if new:
+                moved += self._add_followed(new)
+        self._followed = top
         if moved:
             log.info("gallery: %d face(s) added or removed by other processes taken in", moved)
         return moved
+
+    def _reconcile_groups(self, groups: set[str]) -> int:
+        keys = [(g, m, d) for g, m, d in self.store.index_keys() if g in groups]
+        moved = 0
+        for group_id, model_id, dim in keys:
+            idx = self._indexes.get((group_id, model_id))
+            if idx is None:
+                self._make_index(group_id, model_id, dim).start()
+                continue
+            added, removed = idx.follow()
+            moved += added + removed
+        live = {(g, m) for g, m, _ in keys}
+        for key in [k for k in self._indexes if k[0] in groups and k not in live]:
+            self._indexes.pop(key).discard()
+        return moved
+
+    def _add_followed(self, face_ids: list[str]) -> int:
+        """Faces other processes enrolled, by id (a face deleted since is simply not found)."""
+        per_index: dict[tuple[str, str, int], list[tuple[int, bytes]]] = {}
+        for start in range(0, len(face_ids), 500):
+            part = face_ids[start : start + 500]
+            sql = (
+                "SELECT label, group_id, model_id, dim, embedding FROM faces"
+                f" WHERE face_id IN ({','.join('?' * len(part))})"
+            )
+            for label, gid, model, dim, emb in self.store.read(sql, part):
+                per_index.setdefault((gid, model, int(dim)), []).append((int(label), bytes(emb)))
+        added = 0
+        for (gid, model, dim), got in per_index.items():
+            idx = self._indexes.get((gid, model))
+            if idx is None:  # a new (group, model): built from the database, which has these faces
+                self._make_index(gid, model, dim).start()
+                continue
+            added += len(got)
+            labels = np.asarray([lb for lb, _ in got], dtype=np.int64)
+            raw = np.frombuffer(b"".join(e for _, e in got), dtype="<f4").reshape(len(got), dim)
+            vectors = raw.astype(np.float32)
+            self._apply(idx, lambda i=idx, lb=labels, v=vectors: i.add(lb, v))
+        return added
 
     def index(self, group_id: str, model_id: str) -> HnswIndex | None:
         return self._indexes.get((group_id, model_id))
@@ -252,6 +307,10 @@ class Gallery:
                 elif count > self.config.max_elements:
                     raise InputError(f"{count} faces exceed max_elements", code="gallery_full")
             records = self.store.add_faces(group_id, faces)
+            if self.store.shared:  # the follower skips them: they are in the index already
+                if len(self._own) > _OWN_MAX:
+                    self._own.clear()  # bounded; re-adding one of them only rewrites the same vector
+                self._own.update(r.face_id for r in records)
             for model_id in per_model:
                 rows = [(r, f) for r, f in zip(records, faces, strict=True) if r.model_id == model_id]
                 idx = self._indexes.get((group_id, model_id))

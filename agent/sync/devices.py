@@ -121,16 +121,17 @@ class DeviceStore:
         """The device with its secret and grants, read now (a revocation by another process shows at once)."""
         if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
             return None
-        with self._store.reader() as conn:
-            row = conn.execute(
-                "SELECT info, created_at, revoked_at, secret FROM devices WHERE device_id = ?", (device_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            groups = conn.execute(
-                "SELECT group_id FROM grants WHERE device_id = ? ORDER BY group_id", (device_id,)
-            ).fetchall()
-        info, created, revoked, secret = row
+        # Two point reads, no snapshot: one round trip each on every request of every device (a grant that
+        # changes between them shows on the next request either way).
+        rows = self._store.read(
+            "SELECT info, created_at, revoked_at, secret FROM devices WHERE device_id = ?", (device_id,)
+        )
+        if not rows:
+            return None
+        groups = self._store.read(
+            "SELECT group_id FROM grants WHERE device_id = ? ORDER BY group_id", (device_id,)
+        )
+        info, created, revoked, secret = rows[0]
         return DeviceRecord(device_id, info, created, revoked, tuple(g for (g,) in groups), secret)
 
     @staticmethod
