@@ -117,7 +117,11 @@ def test_without_the_lock_a_reader_skips_a_late_commit_and_the_store_lock_preven
 
 def test_a_second_process_takes_in_the_first_ones_writes(pg_url, tmp_path):
     rng = np.random.default_rng(1)
-    a = Gallery(GalleryConfig(path=tmp_path / "a", database=pg_url, save_interval_s=0))
+    # Both follow only when the test says so: a follower thread of its own would make a.follow() == 0 below
+    # true whether or not a skips its own enrolments.
+    a = Gallery(
+        GalleryConfig(path=tmp_path / "a", database=pg_url, save_interval_s=0, follow_interval_s=3600)
+    )
     b = Gallery(
         GalleryConfig(path=tmp_path / "b", database=pg_url, save_interval_s=0, follow_interval_s=3600)
     )
@@ -148,6 +152,76 @@ def test_a_second_process_takes_in_the_first_ones_writes(pg_url, tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_a_restarted_process_takes_in_faces_its_saved_index_file_lacks(pg_url, tmp_path):
+    """Another process writes without this one's lock: the file b saves can lack faces the database (and
+    so the file's fingerprint) already counts. On restart b must not take the file as fresh."""
+    rng = np.random.default_rng(2)
+    cfg = {"database": pg_url, "save_interval_s": 0, "follow_interval_s": 3600}
+    a = Gallery(GalleryConfig(path=tmp_path / "a", **cfg))
+    b = Gallery(GalleryConfig(path=tmp_path / "b", **cfg))
+    try:
+        a.create_group("g")
+        a.add_faces("g", [NewFace(f"p{i}", vector(rng), MODEL) for i in range(5)])
+        assert b.follow() == 0 and b.wait_ready(30)  # b builds its index from the database: 5 faces
+        late = a.add_faces("g", [NewFace(f"late{i}", vector(rng), MODEL) for i in range(4)])
+        b.index("g", MODEL)._dirty = True  # as any write of b's own would leave it
+        assert b.index("g", MODEL).save()  # b's file: 5 faces, fingerprint of the database's 9
+    finally:
+        b.close()
+    b2 = Gallery(GalleryConfig(path=tmp_path / "b", **cfg))
+    try:
+        assert b2.wait_ready(30)
+        assert b2.index("g", MODEL).load_status != "fresh"
+        for rec in late:
+            hit = b2.search("g", MODEL, a.get_embedding(rec.face_id), 1)[0][0]
+            assert hit[0].face_id == rec.face_id and hit[1] > 0.999
+    finally:
+        b2.close()
+        a.close()
+
+
+def test_the_feed_counter_is_what_readers_see_not_what_writers_drew(pg_url, tmp_path):
+    """The hub's MQTT announcer polls feed_counter: a number drawn by a transaction still open must not
+    count, or the announcer would skip that operation once it commits."""
+    from agent.gallery.store import PERSON_UPDATED, _feed_insert
+
+    store = GalleryStore(GalleryConfig(path=tmp_path / "g", database=pg_url))
+    holding, release = threading.Event(), threading.Event()
+    try:
+        store.create_group("g")
+        visible = store.db.feed_counter()
+        assert visible == store.db.feed_drawn() > 0
+
+        def writer() -> None:
+            with store.db.tx() as conn:
+                _feed_insert(conn, "g", PERSON_UPDATED, "x")
+                holding.set()
+                release.wait(30)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        assert holding.wait(30)
+        assert store.db.feed_drawn() == visible + 1 and store.db.feed_counter() == visible
+        release.set()
+        t.join(30)
+        assert store.db.feed_counter() == visible + 1
+    finally:
+        release.set()
+        store.close()
+
+
+def test_database_urls_are_masked_in_every_form():
+    from agent.gallery.db import masked
+
+    assert masked("postgresql://face:s3cret@db:5432/hub") == "postgresql://face:***@db:5432/hub"
+    assert "s3cret" not in masked("postgresql://face@db/hub?sslmode=require&password=s3cret")
+    assert masked("postgresql://face@db/hub?password=s3cret&x=1").endswith("?password=***&x=1")
+    multi = masked("postgresql://face:s3cret@h1:5432,h2:5433/hub?target_session_attrs=read-write")
+    assert multi == "postgresql://face:***@h1:5432,h2:5433/hub?target_session_attrs=read-write"
+    assert masked("postgresql://face:s3cret@[::1]:5432/hub") == "postgresql://face:***@[::1]:5432/hub"
+    assert masked("postgresql://db/hub") == "postgresql://db/hub"
 
 
 def test_an_unmigrated_database_refuses_the_hub_and_migrate_creates_it(pg_server, tmp_path):
@@ -358,6 +432,22 @@ def database_state(url: str) -> tuple[dict, dict]:
     return persons, faces
 
 
+def index_matches_database(gallery: Gallery, url: str, model: str) -> bool:
+    """The gallery's search index of the group holds exactly the database's faces (by label)."""
+    import psycopg
+
+    idx = gallery.index(GROUP, model)
+    if idx is None or not idx.ready:
+        return False
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT label FROM faces WHERE group_id = %s AND model_id = %s", (GROUP, model)
+        ).fetchall()
+    in_db = {int(r[0]) for r in rows}
+    in_index = set(idx._index.get_ids_list())  # live and deleted slots: live count == db, db within
+    return in_db <= in_index and idx.stats()["live"] == len(in_db)
+
+
 def edge_state(edge: Gallery) -> tuple[dict, dict]:
     persons = {p.outer_id: p.user_info for p in edge.list_persons(GROUP)}
     faces = {
@@ -403,6 +493,9 @@ def test_two_hub_processes_under_concurrent_writes_a_restart_and_a_kill_keep_the
     hubs = [Proc(tmp_path / f"hub-{i}.log", "serve", "--config", str(c)) for i, c in enumerate(configs)]
     lb = None
     edge = None
+    # A third process on the database, as a hub's search side: it follows the writes of both hubs through
+    # the restart (its pool reconnects) and must end with exactly the database's faces in its index.
+    follower = Gallery(GalleryConfig(path=tmp_path / "follower", database=url, save_interval_s=0))
     try:
         for port, proc in zip(ports, hubs, strict=True):
             wait_port(port, proc)
@@ -485,6 +578,7 @@ def test_two_hub_processes_under_concurrent_writes_a_restart_and_a_kill_keep_the
             lambda: syncer.sync_once() and edge_state(edge) == (persons, faces), 120, "the edge to catch up"
         )
         assert mirror.state(edge.store, GROUP).generation == generation
+        wait_until(lambda: index_matches_database(follower, url, model), 120, "the follower to catch up")
         for w in writers:
             assert set(w.faces) <= set(faces), f"{w.name} lost acknowledged faces"
             assert not w.deleted & set(faces), f"{w.name}: deleted faces came back"
@@ -503,6 +597,7 @@ def test_two_hub_processes_under_concurrent_writes_a_restart_and_a_kill_keep_the
         assert retries > 0, "neither the restart nor the kill was felt: the test proved nothing"
         assert 500 not in statuses
     finally:
+        follower.close()
         if lb is not None:
             lb.close()
         if edge is not None:
@@ -557,6 +652,13 @@ def test_text_postgresql_cannot_hold_is_bad_input_not_a_server_error(pg_url, tmp
                 store.get_person("g", bad)
             with pytest.raises(InputError):
                 store.upsert_person("g", bad)
+        # 1024 characters pass the API's limit, but 3 bytes each exceed PostgreSQL's btree key (2704 bytes)
+        # (random characters: a repeated one would compress below the limit)
+        rng = np.random.default_rng(0)
+        long_id = "".join(chr(c) for c in rng.integers(0x4E00, 0x9FFF, 1024))
+        with pytest.raises(InputError) as err:
+            store.upsert_person("g", long_id)
+        assert err.value.code == "value_too_long"
         assert store.get_group("g").group_id == "g"  # the pool's connections are fine afterwards
     finally:
         store.close()

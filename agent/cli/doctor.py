@@ -626,7 +626,7 @@ def _check_feed_postgres(gallery: GalleryConfig) -> Check:
         n, lo, hi, newest = db.query("SELECT COUNT(*), MIN(seq), MAX(seq), MAX(at) FROM feed")[0]
         row = db.query("SELECT value FROM meta WHERE name = 'feed_floor'")
         devices, revoked = db.query("SELECT COUNT(*), COUNT(revoked_at) FROM devices")[0]
-        drawn = db.feed_counter()
+        drawn = db.feed_drawn()
     except AgentError as exc:
         return Check("feed", "FAIL", f"{where}: {exc}", "is PostgreSQL running?")
     finally:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 import sqlite3
 import threading
@@ -34,6 +35,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from agent.errors import FatalError, InputError, TransientError
+
+log = logging.getLogger(__name__)
 
 # The advisory lock every PostgreSQL write transaction takes: a fixed 64-bit key ("face-agent gallery").
 WRITE_LOCK_KEY = 0x6661_6365_6167_6C01
@@ -55,14 +58,24 @@ class Conn(Protocol):
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> Cursor: ...
 
 
+_PASSWORD_PARAM_RE = re.compile(r"(?i)(^|&)(password)=[^&]*")
+
+
 def masked(url: str) -> str:
-    """The URL without its password, for logs and `doctor`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password (in the user part or a `password=` parameter), for logs and `doctor`.
+    Works on the raw text: a libpq URL may name several hosts or IPv6 literals that urlsplit's port and
+    hostname parsing refuses or rewrites."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://***"  # not even splittable: show nothing of it
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, hosts = netloc.rpartition("@")
+        if ":" in user:
+            netloc = f"{user.split(':', 1)[0]}:***@{hosts}"
+    query = _PASSWORD_PARAM_RE.sub(r"\1\2=***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class SqliteDb:
@@ -131,6 +144,8 @@ class SqliteDb:
         rows = self.query("SELECT seq FROM sqlite_sequence WHERE name = 'feed'")
         return int(rows[0][0]) if rows else 0
 
+    feed_drawn = feed_counter  # one writer: every drawn number is committed or rolled back at once
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -192,13 +207,19 @@ def _psycopg() -> Any:
 
 @contextmanager
 def _unavailable() -> Iterator[None]:
+    """psycopg's errors as the agent's: a value the server cannot hold is the caller's InputError (400);
+    a lost connection, a restarting server, a lock or statement timeout is a TransientError (503). The
+    driver's text names hosts and users, so it goes to the log, not to the API's caller."""
     psycopg = _psycopg()
     try:
         yield
+    except psycopg.errors.ProgramLimitExceeded as exc:  # e.g. an index row over 2704 bytes
+        raise InputError("a value is too long for the gallery database", code="value_too_long") from exc
+    except psycopg.DataError as exc:  # a value the column cannot hold (encoding, range)
+        raise InputError("a value the gallery database cannot store", code="invalid_value") from exc
     except psycopg.OperationalError as exc:  # connection lost, server restarting, lock or statement timeout
-        raise TransientError(
-            f"gallery database unavailable: {exc}".strip(), code="database_unavailable"
-        ) from exc
+        log.warning("gallery database unavailable: %s", str(exc).strip())
+        raise TransientError("gallery database unavailable", code="database_unavailable") from exc
 
 
 class PostgresDb:
@@ -213,6 +234,7 @@ class PostgresDb:
         self.url = url
         self.integrity_errors = (psycopg.IntegrityError,)
         ms = int(timeout_s * 1000)
+        stalled = max(ms, 30_000)  # the longest a statement may run, or a transaction may sit idle
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -223,8 +245,17 @@ class PostgresDb:
             kwargs={
                 "autocommit": True,
                 "connect_timeout": max(1, int(timeout_s)),
-                # Every wait bounded: a lock (the write lock included) and a statement.
-                "options": f"-c lock_timeout={ms} -c statement_timeout={max(ms, 30_000)}",
+                # Every wait bounded: a lock (the write lock included), a statement, and a transaction a
+                # vanished hub left open (the server ends it and frees the write lock it held).
+                "options": f"-c lock_timeout={ms} -c statement_timeout={stalled}"
+                f" -c idle_in_transaction_session_timeout={stalled}",
+                # A server or network that vanished mid-query: TCP gives up after this, not after ~15 min
+                # of retransmissions; keepalives find a dead peer on an idle connection.
+                "tcp_user_timeout": stalled,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
                 "application_name": "face-agent",
             },
         )
@@ -235,6 +266,8 @@ class PostgresDb:
         try:
             self._pool.open(wait=True, timeout=timeout_s)
         except Exception as exc:  # PoolTimeout: nothing answered; the reason is in the pool's log
+            with contextlib.suppress(Exception):
+                self._pool.close(timeout=1.0)  # its reconnect threads would go on trying
             raise FatalError(f"cannot connect to the gallery database {masked(self.url)}: {exc}") from exc
 
     def describe(self) -> str:
@@ -301,6 +334,14 @@ class PostgresDb:
                 conn.execute(f"VACUUM (FULL) {table}")
 
     def feed_counter(self) -> int:
+        """The highest visible sequence number. Not the sequence's own counter: that counts numbers drawn
+        by transactions still open, and a poller that took it would skip their operations once they
+        commit. The write lock keeps what is visible a prefix, so nothing below this is still to come."""
+        rows = self.query("SELECT COALESCE(MAX(seq), 0) FROM feed")
+        return int(rows[0][0])
+
+    def feed_drawn(self) -> int:
+        """Sequence numbers drawn so far, committed or not (doctor's lag: drawn minus visible)."""
         rows = self.query("SELECT last_value, is_called FROM feed_seq_seq")
         return int(rows[0][0]) if rows and rows[0][1] else 0
 

@@ -56,6 +56,7 @@ class Gallery:
         # Read before the indexes load: whatever commits after it is followed, and following is idempotent.
         self._followed = self._feed_top() if self.store.shared else 0
         self._own: set[str] = set()  # faces this process enrolled and the follower has not seen yet
+        self._lagging: set[str] = set()  # groups whose last follow failed: reconciled every round
         for group_id, model_id, dim in self.store.index_keys():
             self._make_index(group_id, model_id, dim).start()
         self._saver: threading.Thread | None = None
@@ -112,6 +113,8 @@ class Gallery:
                 self.follow()
             except (TransientError, InputError) as exc:  # database away, lock busy: the next round retries
                 log.warning("gallery: following other processes' writes failed: %s", exc)
+            except Exception:  # a bug must not end following for good: logged, and the next round retries
+                log.exception("gallery: following other processes' writes failed")
 
     def follow(self) -> int:
         """Bring the indexes in step with writes other processes committed since the last round, from the
@@ -125,7 +128,7 @@ class Gallery:
             (self._followed, _FOLLOW_BATCH),
         )
         top = int(rows[-1][0]) if rows else self._followed
-        full = {str(g) for _, g, op, _ in rows if op in _RECONCILE_OPS}
+        full = {str(g) for _, g, op, _ in rows if op in _RECONCILE_OPS} | self._lagging
         if len(rows) == _FOLLOW_BATCH:
             full |= {str(g) for _, g, _, _ in rows}
         floor = self.store.read("SELECT value FROM meta WHERE name = 'feed_floor'")
@@ -151,14 +154,22 @@ class Gallery:
         return moved
 
     def _reconcile_groups(self, groups: set[str]) -> int:
+        """Each group on its own: one that fails (a full index, say) is retried every round until it
+        succeeds, and does not hold back the others."""
         keys = [(g, m, d) for g, m, d in self.store.index_keys() if g in groups]
         moved = 0
+        self._lagging -= groups
         for group_id, model_id, dim in keys:
             idx = self._indexes.get((group_id, model_id))
             if idx is None:
                 self._make_index(group_id, model_id, dim).start()
                 continue
-            added, removed = idx.follow()
+            try:
+                added, removed = idx.follow()
+            except InputError as exc:  # gallery_full: this process cannot hold the others' faces
+                self._lagging.add(group_id)
+                log.error("gallery: %s/%s cannot follow the database: %s", group_id, model_id, exc)
+                continue
             moved += added + removed
         live = {(g, m) for g, m, _ in keys}
         for key in [k for k in self._indexes if k[0] in groups and k not in live]:
@@ -182,11 +193,17 @@ class Gallery:
             if idx is None:  # a new (group, model): built from the database, which has these faces
                 self._make_index(gid, model, dim).start()
                 continue
-            added += len(got)
             labels = np.asarray([lb for lb, _ in got], dtype=np.int64)
             raw = np.frombuffer(b"".join(e for _, e in got), dtype="<f4").reshape(len(got), dim)
             vectors = raw.astype(np.float32)
+            try:
+                idx.check_room(len(got))
+            except InputError as exc:
+                self._lagging.add(gid)  # reconciled next round, when there may be room again
+                log.error("gallery: %s/%s cannot take in others' faces: %s", gid, model, exc)
+                continue
             self._apply(idx, lambda i=idx, lb=labels, v=vectors: i.add(lb, v))
+            added += len(got)
         return added
 
     def index(self, group_id: str, model_id: str) -> HnswIndex | None:

@@ -272,13 +272,19 @@ class HnswIndex:
         """Catch up with writes made since the snapshot (or since the file was saved), then swap it in.
 
         `expect` is the fingerprint a loaded file reflects: if SQLite still has it, the file is fresh.
-        Checked under the mutation lock, so no write can slip in between the check and the swap."""
+        Checked under the mutation lock, so no write can slip in between the check and the swap. A
+        database shared by several processes (PostgreSQL) is always reconciled: the others write without
+        this process's lock, so a saved file can lack faces its fingerprint already counts."""
         if not self._mutation.acquire(timeout=self._cfg.lock_timeout_s):
             raise TransientError(
                 "gallery write lock busy while finishing an index build", code="gallery_busy"
             )
         try:
-            if expect is not None and self._store.fingerprint(self.group_id, self.model_id) == expect:
+            if (
+                expect is not None
+                and not self._store.shared
+                and self._store.fingerprint(self.group_id, self.model_id) == expect
+            ):
                 status = "fresh"
             else:
                 deleted += self._reconcile(idx)

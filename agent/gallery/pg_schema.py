@@ -77,6 +77,11 @@ def migrate(db: PostgresDb) -> tuple[int, int]:
     `hub migrate` at once: the second waits for the first's write lock, then finds nothing to do; writers
     wait for the migration the same way."""
     with db.tx() as conn:
+        encoding = conn.execute("SHOW server_encoding").fetchone()[0]
+        if str(encoding).upper() not in ("UTF8", "UTF-8"):  # names and user_info are any Unicode text
+            raise FatalError(
+                f"gallery database {db.describe()} is encoded {encoding}; create it with ENCODING 'UTF8'"
+            )
         exists = conn.execute("SELECT to_regclass('face_agent_schema') IS NOT NULL").fetchone()[0]
         before = int(conn.execute("SELECT version FROM face_agent_schema").fetchone()[0]) if exists else 0
         if before > PG_SCHEMA_VERSION:
