@@ -267,6 +267,14 @@ class RecognitionConfig(Strict):
         description="a fixed per-comparison score instead (70 = FAR 1e-3, 80 = 1e-4, 90 = 1e-5), whatever "
         "the group's size; unset: from max_stranger_rate. Setting both is an error",
     )
+    person_rule: Literal["auto", "mean", "max"] = Field(
+        "auto",
+        description="how a person enrolled with several faces is scored: 'mean' = the cosine to the mean of "
+        "their faces, mapped to the one-face scale through the model space's manifest person_curves, with "
+        "the stranger rate counted per person (fewer misses for people enrolled with 2 or more photos, "
+        "docs/openset.md); 'max' = their best face, counted per face; 'auto' = mean where the manifest "
+        "has person_curves for the space and cosine_thresholds are not overridden, else max",
+    )
     cosine_thresholds: dict[str, float] | None = Field(
         None,
         description="cosine similarity at FAR 1e-3, 1e-4, 1e-5 (keys '1e-3'...); default: the model "

@@ -21,6 +21,9 @@ Stages (each can run alone; `all` runs them in order):
   calibrate  similarity thresholds at FAR 1e-3..1e-6 and a far_curve (1e-2..1e-7, half decades) from the
              impostor pairs of lfw-devtrain, per embedding space: variant, runtime, and without / with flip
              test-time augmentation (thresholds keys `openvino`, `openvino+flip`, ...). Writes no model file.
+  person-curves  the mean rule's pair FAR curves per number of faces k = 2..5 (a face against the mean of
+             k faces of another person), added to each calibrated space (`--variants`, `--runtimes`,
+             `--flip` narrow it); the calibrate stage's values stay as they are. Writes no model file.
 Every written file's sha256 goes into models/manifest.json, with its source package, version and licence.
 """
 
@@ -358,6 +361,34 @@ def stage_calibrate(args: argparse.Namespace) -> None:
                     save_manifest(manifest)
 
 
+def stage_person_curves(args: argparse.Namespace) -> None:
+    """The mean rule's per-k curves, added to the spaces calibrate measured (their thresholds stay)."""
+    sys.path.insert(0, str(ROOT))
+    from agent.evaluation.calibrate import calibrate_person_curves
+    from agent.inference.manifest import RUNTIMES, thresholds_key
+
+    flips = {"off": [False], "on": [True], "both": [False, True]}[args.flip]
+    manifest = load_manifest()
+    for model in args.models:
+        entry = manifest["models"].get(model, {})
+        if entry.get("kind") != "embedder":
+            continue
+        for variant, var in entry.get("variants", {}).items():
+            if args.variants and variant not in args.variants:
+                continue
+            for runtime in args.runtimes or RUNTIMES:
+                for flip in flips:
+                    key = thresholds_key(runtime, flip)
+                    if key not in var.get("thresholds", {}):
+                        continue
+                    print(f"person curves {model}/{variant} on {runtime} ({key})")
+                    curves = calibrate_person_curves(
+                        MODELS, model, variant, runtime, args.data / "lfw-devtrain", flip=flip
+                    )
+                    var["thresholds"][key]["person_curves"] = curves
+                    save_manifest(manifest)
+
+
 def make_venv(venv: Path, argv: list[str], stage: str) -> None:
     py = venv / "bin" / "python"
     pins, no_deps, kind = (MESH_PINS, MESH_NO_DEPS, "mesh") if stage == "mesh" else (PINS, NO_DEPS, "full")
@@ -375,13 +406,16 @@ def make_venv(venv: Path, argv: list[str], stage: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["convert", "mesh", "align", "quantize", "calibrate", "all"])
+    p.add_argument(
+        "stage", choices=["convert", "mesh", "align", "quantize", "calibrate", "person-curves", "all"]
+    )
     p.add_argument("--venv", type=Path, help="create/use this throwaway build venv and re-run inside it")
     p.add_argument("--models", nargs="+", default=list(SOURCES))
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     p.add_argument("--calib-dir", type=Path, help="folder of face images for INT8 calibration (recursive)")
     p.add_argument("--calib-samples", type=int, default=300)
     p.add_argument("--variants", nargs="+", help="calibrate only these variants (e.g. int8 after quantize)")
+    p.add_argument("--runtimes", nargs="+", help="person-curves: only these runtimes (default: all)")
     p.add_argument(
         "--flip",
         choices=["off", "on", "both"],
@@ -405,13 +439,15 @@ def main() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         sys.exit(f"another build_models.py is running on {MODELS} (lock {lock.name}); wait for it")
-    stages = ["convert", "mesh", "align", "quantize", "calibrate"] if args.stage == "all" else [args.stage]
+    stages = ["convert", "mesh", "align", "quantize", "calibrate", "person-curves"]
+    stages = stages if args.stage == "all" else [args.stage]
     run = {
         "convert": stage_convert,
         "mesh": stage_mesh,
         "align": stage_align,
         "quantize": stage_quantize,
         "calibrate": stage_calibrate,
+        "person-curves": stage_person_curves,
     }
     for stage in stages:
         run[stage](args)

@@ -174,6 +174,69 @@ def calibrate_thresholds(
     }
 
 
+# The mean rule's curves (agent/gallery/thresholds.PersonCurves): k faces per template, up to this many
+# disjoint templates per identity, and a curve point only where at least MIN_TAIL impostor scores lie above
+# it (fewer would make the strict end noise).
+PERSON_KS = (2, 3, 4, 5)
+PER_IDENTITY = 3
+MIN_TAIL = 20
+
+
+def person_far_curves(emb: np.ndarray, labels: np.ndarray, ks=PERSON_KS) -> dict[str, dict]:
+    """For each k, the pair FAR curve of "cosine between one face and the normalised mean of k faces of
+    another person": every identity with k or more faces gives up to PER_IDENTITY disjoint templates (its
+    faces in dataset order), scored against every face of every other identity."""
+    ok = ~np.isnan(emb[:, 0])
+    e, lab = emb[ok].astype(np.float32), labels[ok]
+    order = np.argsort(lab, kind="stable")
+    bounds = np.flatnonzero(np.diff(lab[order])) + 1
+    groups = np.split(order, bounds)
+    out: dict[str, dict] = {}
+    for k in ks:
+        templates, owners = [], []
+        for rows in groups:
+            for part in range(min(len(rows) // k, PER_IDENTITY)):
+                v = e[rows[part * k : (part + 1) * k]].mean(axis=0)
+                templates.append(v / np.linalg.norm(v))
+                owners.append(lab[rows[0]])
+        if not templates:
+            continue
+        t, own = np.stack(templates), np.asarray(owners)
+        imp = np.concatenate(
+            [
+                (e[i : i + 2048] @ t.T)[lab[i : i + 2048, None] != own[None, :]]
+                for i in range(0, len(e), 2048)
+            ]
+        )
+        fars = [f for f in FAR_CURVE if f * len(imp) >= MIN_TAIL]
+        out[str(k)] = {
+            "far": fars,
+            "cosine": [_ceil(threshold_at_far(imp, f)) for f in fars],
+            "templates": len(t),
+            "impostor_pairs": len(imp),
+        }
+    return out
+
+
+def calibrate_person_curves(
+    models_dir: Path,
+    model: str,
+    variant: str,
+    runtime: str,
+    root: Path,
+    cache_dir: Path | None = DEFAULT_CACHE,
+    flip: bool = False,
+) -> dict:
+    """The manifest `person_curves` of one space (embeddings cached as in calibrate_thresholds)."""
+    engine = make_engine(models_dir, model, variant, runtime, flip=flip)
+    ds, emb, _ = dataset_embeddings(engine, root, cache_dir, progress=True)
+    curves = person_far_curves(emb, ds.identities)
+    for k, c in curves.items():
+        print(f"  {engine.model_id} k={k}: {c['templates']} templates, {c['impostor_pairs']} impostor pairs,"
+              f" down to FAR {c['far'][-1]:g}: {dict(zip(c['far'], c['cosine'], strict=True))}")
+    return curves
+
+
 def result_dict(res: EvalResult) -> dict:
     d = asdict(res)
     d.pop("roc")

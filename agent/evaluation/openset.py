@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.evaluation.metrics import threshold_at_far
-from agent.gallery.thresholds import StrangerThresholds
+from agent.gallery.thresholds import PersonCurves, StrangerThresholds
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,27 @@ def enrolment(labels: np.ndarray, found: np.ndarray, per_person: int = 1) -> np.
 
 
 def person_scores(
-    emb: np.ndarray, labels: np.ndarray, enrolled: np.ndarray, rule: str = "max"
+    emb: np.ndarray,
+    labels: np.ndarray,
+    enrolled: np.ndarray,
+    rule: str = "max",
+    curves: PersonCurves | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(probes x identities) score matrix over the images with a face, and the identity of each column.
 
-    `max`: best cosine over the person's enrolled faces; `mean`: cosine to their normalised mean embedding."""
+    `max`: best cosine over the person's enrolled faces; `mean`: cosine to their normalised mean embedding,
+    mapped to the one-face scale by `curves` (the agent's mean rule) when given."""
     ids = np.unique(labels[enrolled])
     if rule == "mean":
         centres = np.stack([emb[enrolled & (labels == i)].mean(axis=0) for i in ids])
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        return emb @ centres.T, ids
+        out = (emb @ centres.T).astype(np.float32)
+        if curves is not None:
+            counts = np.array([np.count_nonzero(enrolled & (labels == i)) for i in ids])
+            for k in np.unique(counts):
+                cols = counts == k
+                out[:, cols] = curves.single_face_cosine(out[:, cols], int(k))
+        return out, ids
     if rule != "max":
         raise ValueError(f"unknown rule {rule!r}")
     cols = np.flatnonzero(enrolled)
@@ -91,11 +102,12 @@ def run_searches(
     rule: str = "max",
     trials: int = 10,
     seed: int = 0,
+    curves: PersonCurves | None = None,
 ) -> dict[int, Searches]:
     """Every stranger and mated search for each gallery size (see the module docstring)."""
     enrolled = enrolment(labels, found, per_person)
     keep = np.flatnonzero(found)
-    scores, ids = person_scores(emb[keep], labels[keep], enrolled[keep], rule)
+    scores, ids = person_scores(emb[keep], labels[keep], enrolled[keep], rule, curves)
     own_col = np.searchsorted(ids, labels[keep])
     has_own = (own_col < len(ids)) & (ids[np.minimum(own_col, len(ids) - 1)] == labels[keep])
     rows = np.arange(len(keep))
@@ -137,24 +149,35 @@ def summary(
     fpirs=FPIRS,
     trials: int = 5,
     stranger: StrangerThresholds | None = None,
+    per_person: int = 1,
+    curves: PersonCurves | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per gallery size: the cosine threshold and the FNIR at each FPIR, and the searches behind them. With
     `stranger` (the thresholds the agent derives from the manifest), also the FPIR measured at the threshold
-    the agent would use for each rate, and the FNIR there: the check that the configured rate holds."""
+    the agent would use for each rate, and the FNIR there: the check that the configured rate holds.
+    `per_person` photos enrolled per identity; with `curves` scored by the agent's mean rule (N = persons),
+    else by the best face (N = faces)."""
     n_ids = len(np.unique(labels[found]))
     usable = [g for g in sizes if g < n_ids]
     if not usable:
         return {}
     clean = np.where(found[:, None], emb, 0.0).astype(np.float32)
+    enrolled = enrolment(labels, found, per_person)
+    faces_per_id = np.count_nonzero(enrolled) / len(np.unique(labels[enrolled]))
+    rule = "mean" if curves is not None else "max"
+    searched = run_searches(
+        clean, labels, found, usable, per_person=per_person, rule=rule, trials=trials, curves=curves
+    )
     out: dict[str, dict[str, float]] = {}
-    for g, s in run_searches(clean, labels, found, usable, trials=trials).items():
+    for g, s in searched.items():
+        n = g if curves is not None else max(1, round(g * faces_per_id))  # what the agent counts
         row: dict[str, float] = {"stranger_searches": len(s.stranger_max), "mated_searches": len(s.mated_own)}
         for fpir in fpirs:
             t = s.threshold_at_fpir(fpir)
             row[f"cosine@{fpir:g}"] = round(t, 5)
             row[f"fnir@{fpir:g}"] = round(s.fnir(t), 4)
             if stranger is not None:
-                used = stranger.threshold(fpir, g).cosine
+                used = stranger.threshold(fpir, n).cosine
                 row[f"agent_fpir@{fpir:g}"] = round(s.fpir(used), 5)
                 row[f"agent_fnir@{fpir:g}"] = round(s.fnir(used), 4)
         out[str(g)] = row

@@ -22,17 +22,21 @@ out the persons nobody got yet, so a person still appears under at most one face
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from agent.errors import ConfigError, InputError
 from agent.gallery.config import GalleryConfig
 from agent.gallery.store import FaceRecord, check_vector
+from agent.gallery.thresholds import PersonCurves
 
 # FAR -> score anchors, strictest last. The first three are required.
 FAR_SCORES: dict[str, float] = {"1e-3": 70.0, "1e-4": 80.0, "1e-5": 90.0, "1e-6": 95.0}
 REQUIRED_FARS = ("1e-3", "1e-4", "1e-5")
+# Persons a mean-rule search re-scores: the nearest by their best face (a person whose mean is close to the
+# probe has a face close to it too).
+_MEAN_PERSONS = 8
 
 
 class ScoreMap:
@@ -174,6 +178,7 @@ class Matcher:
 
     def __init__(self, gallery, model_id: str, scores: ScoreMap, config: GalleryConfig) -> None:
         self._gallery, self.model_id, self.scores, self._cfg = gallery, model_id, scores, config
+        self._persons: dict[str, tuple[int, int]] = {}  # group -> (face count it was counted at, persons)
 
     def faces(self, group_id: str) -> int:
         """Live faces of this model in the group's index (0 while not loaded): what one search compares."""
@@ -209,6 +214,40 @@ class Matcher:
         # Fetch more than max_users per face: a face's best persons may be assigned to its neighbours.
         per_face = self._candidates(group_id, queries, max_users + len(vectors) - 1)
         return assign_faces(per_face, max_users, min_score)
+
+    def search_mean(
+        self, group_id: str, vector: np.ndarray, curves: PersonCurves, top_k: int = 1
+    ) -> list[Candidate]:
+        """1:N by the mean rule (the camera loop's, see PersonCurves): the persons whose faces the index
+        finds nearest are re-scored by the cosine to the normalised mean of all their faces, mapped to the
+        single-face scale; best first. `cosine` of a candidate is that single-face equivalent."""
+        self._check(top_k, 0.0)
+        query = check_vector(vector)
+        near = self._candidates(group_id, query[None, :], max(top_k, _MEAN_PERSONS))[0][:_MEAN_PERSONS]
+        if not near:
+            return []
+        vectors = self._gallery.store.person_embeddings(group_id, self.model_id, [c.person_id for c in near])
+        out = []
+        for c in near:
+            faces = vectors.get(c.person_id)
+            if faces is None:  # deleted since the index answered
+                continue
+            centre = faces.mean(axis=0)
+            cos = float(np.clip(query @ centre / max(float(np.linalg.norm(centre)), 1e-12), -1.0, 1.0))
+            equivalent = float(curves.single_face_cosine(cos, len(faces)))
+            out.append(replace(c, cosine=equivalent, score=float(self.scores.score(equivalent))))
+        out.sort(key=lambda c: -c.cosine)
+        return out[:top_k]
+
+    def persons(self, group_id: str) -> int:
+        """Persons with faces of this model in the group (what a mean-rule search compares); recounted only
+        when the index's face count changes."""
+        faces = self.faces(group_id)
+        cached = self._persons.get(group_id)
+        if cached is None or cached[0] != faces:
+            cached = (faces, self._gallery.store.count_persons(group_id, self.model_id) if faces else 0)
+            self._persons[group_id] = cached
+        return cached[1]
 
     def compare(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         """1:1: (cosine, score) of two embeddings of this model."""

@@ -562,6 +562,30 @@ class GalleryStore:
             raise InputError(f"face {face_id!r} not found", code="face_not_found")
         return np.frombuffer(rows[0][0], dtype="<f4").astype(np.float32)
 
+    def person_embeddings(
+        self, group_id: str, model_id: str, person_ids: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Every enrolled embedding of these persons in one (group, model), as a (faces x dim) array each."""
+        out: dict[str, list[np.ndarray]] = {}
+        uniq = sorted(set(person_ids))
+        for i in range(0, len(uniq), _SQL_CHUNK):
+            part = uniq[i : i + _SQL_CHUNK]
+            sql = (
+                "SELECT person_id, embedding FROM faces WHERE group_id = ? AND model_id = ?"
+                f" AND person_id IN ({','.join('?' * len(part))}) ORDER BY label"
+            )
+            for pid, emb in self._query(sql, [group_id, model_id, *part]):
+                out.setdefault(str(pid), []).append(np.frombuffer(bytes(emb), dtype="<f4"))
+        return {pid: np.stack(v).astype(np.float32) for pid, v in out.items()}
+
+    def count_persons(self, group_id: str, model_id: str) -> int:
+        """Persons with at least one face in this (group, model): what a mean-rule search compares."""
+        rows = self._query(
+            "SELECT COUNT(DISTINCT person_id) FROM faces WHERE group_id = ? AND model_id = ?",
+            (group_id, model_id),
+        )
+        return int(rows[0][0])
+
     def get_thumbnail(self, face_id: str) -> tuple[str, bytes] | None:
         rows = self._query("SELECT format, data FROM face_thumbs WHERE face_id = ?", (face_id,))
         return (str(rows[0][0]), bytes(rows[0][1])) if rows else None
@@ -631,13 +655,17 @@ class GalleryStore:
 
     def relabel_space(self, old_model_id: str, new_model_id: str) -> int:
         """Move every face of one space id to another that names the same embeddings (the model manifest
-        records the very same file under the older id); returns how many moved."""
+        records the very same file under the older id); returns how many moved. Each move is a
+        face_updated operation of the feed, so edges and other hub processes take the new id in."""
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE faces SET model_id = ? WHERE model_id = ? AND group_id IN " + _LOCAL_GROUPS,
+            moved = conn.execute(
+                "UPDATE faces SET model_id = ? WHERE model_id = ? AND group_id IN " + _LOCAL_GROUPS
+                + " RETURNING face_id, group_id",
                 (new_model_id, old_model_id),
-            )
-            return int(cur.rowcount)
+            ).fetchall()
+            for face_id, group_id in moved:
+                self._record(conn, group_id, FACE_UPDATED, face_id)
+            return len(moved)
 
     # -- what the index layer needs ----------------------------------------------------------------------
 

@@ -75,6 +75,52 @@ class StrangerThresholds:
         return OpenSetThreshold(min(cos, 1.0), far, n, True)
 
 
+    def log_far_at(self, cosine: float | np.ndarray) -> np.ndarray:
+        """log10 of the pair FAR at a cosine: the inverse of `cosine_at`, with the curve's end slopes
+        extended both ways (beyond the strict end an extrapolation, as in `threshold`; beyond the loose end
+        not a rate any more, above 0, but still in order: the mean rule only maps it back)."""
+        c = np.asarray(cosine, dtype=np.float64)
+        lg = np.interp(-c, -self._cos, self._log_far)  # -cos ascends with log FAR
+        strict = (self._log_far[1] - self._log_far[0]) / (self._cos[1] - self._cos[0])  # decades per cosine
+        loose = (self._log_far[-1] - self._log_far[-2]) / (self._cos[-1] - self._cos[-2])
+        lg = np.where(c > self._cos[0], self._log_far[0] + strict * (c - self._cos[0]), lg)
+        return np.where(c < self._cos[-1], self._log_far[-1] + loose * (c - self._cos[-1]), lg)
+
+    def cosine_at_log_far(self, log_far: float | np.ndarray) -> np.ndarray:
+        """The inverse of `log_far_at` (end slopes extended), capped at cosine 1."""
+        lg = np.asarray(log_far, dtype=np.float64)
+        c = np.interp(lg, self._log_far, self._cos)
+        strict = (self._cos[1] - self._cos[0]) / (self._log_far[1] - self._log_far[0])
+        loose = (self._cos[-1] - self._cos[-2]) / (self._log_far[-1] - self._log_far[-2])
+        c = np.where(lg < self._log_far[0], self._cos[0] + strict * (lg - self._log_far[0]), c)
+        c = np.where(lg > self._log_far[-1], self._cos[-1] + loose * (lg - self._log_far[-1]), c)
+        return np.minimum(c, 1.0)
+
+
+class PersonCurves:
+    """The mean rule: a person enrolled with k faces is scored by the cosine to the normalised mean of their
+    faces, which sits higher against strangers than one face does, so each k has its own pair FAR curve
+    (manifest `person_curves`, measured by agent/evaluation/calibrate.person_far_curves). A mean cosine is
+    reported as the single-face cosine of the same pair FAR: one scale for scores, thresholds and events,
+    and the stranger rule counts persons, not faces. k above the largest measured k uses that k's curve."""
+
+    def __init__(self, single: StrangerThresholds, curves: Mapping[str, Mapping]) -> None:
+        self.single = single
+        self._curves = {int(k): StrangerThresholds(c) for k, c in curves.items() if int(k) >= 2}
+        if not self._curves:
+            raise ConfigError("the mean rule needs person_curves (k >= 2) of the model space (manifest)")
+        self.largest_k = max(self._curves)
+
+    def single_face_cosine(self, cosine: float | np.ndarray, faces: int) -> float | np.ndarray:
+        """The single-face cosine whose pair FAR equals that of `cosine` to the mean of `faces` faces."""
+        if faces <= 1:
+            return cosine
+        usable = [k for k in self._curves if k <= faces]
+        curve = self._curves[max(usable) if usable else min(self._curves)]
+        out = self.single.cosine_at_log_far(curve.log_far_at(cosine))
+        return float(out) if out.ndim == 0 else out
+
+
 def curve_points(curve: Mapping) -> dict[float, float]:
     """A manifest `far_curve` ({"far": [...], "cosine": [...]}) or a FAR-key mapping ({"1e-3": cos}) as
     {far: cosine}."""
@@ -93,6 +139,23 @@ def engine_thresholds(engine, overrides: Mapping[str, float] | None = None) -> S
     return StrangerThresholds(points)
 
 
+def person_rule(
+    engine, rule: str, single: StrangerThresholds, overrides: Mapping[str, float] | None = None
+) -> PersonCurves | None:
+    """The mean rule's curves when `rule` (recognition.person_rule) asks for it, None for the max rule.
+    'auto' takes the mean rule where the manifest measured it and the operator did not override the
+    one-face thresholds (their own calibration says nothing about means); 'mean' without curves fails."""
+    curves = getattr(engine, "person_curves", None) or {}
+    if rule == "max" or (rule == "auto" and (not curves or overrides)):
+        return None
+    if not curves:
+        raise ConfigError(
+            f"recognition.person_rule: mean needs person_curves for {engine.model_id} in the model manifest "
+            "(scripts/build_models.py person-curves); use max or auto"
+        )
+    return PersonCurves(single, curves)
+
+
 class RequiredScore:
     """The score a match needs right now, for the camera loop: a fixed `min_score`, or the score whose cosine
     keeps the stranger rate at `rate` for the group's current number of faces (recomputed whenever an
@@ -107,13 +170,18 @@ class RequiredScore:
         min_score: float | None,
         thresholds: StrangerThresholds | None,
         log=None,
+        per_person: bool = False,
     ) -> None:
+        """`per_person`: the mean rule (PersonCurves) compares a face with each person once, so N counts
+        persons; otherwise every face is a comparison and N counts faces."""
         if min_score is None and thresholds is None:
             raise ConfigError("a stranger rate needs the model space's far_curve, or recognition.min_score")
         self._matcher, self._group, self._rate = matcher, group_id, rate
         self._fixed = min_score
         self._thresholds = thresholds
         self._log = log
+        self._count = matcher.persons if per_person else matcher.faces
+        self._unit = "person(s)" if per_person else "face(s)"
         self._lock = threading.Lock()
         self._faces: int | None = None
         self._score = 100.0
@@ -122,7 +190,7 @@ class RequiredScore:
     def __call__(self) -> float:
         if self._fixed is not None:
             return self._fixed
-        faces = self._matcher.faces(self._group)
+        faces = self._count(self._group)
         with self._lock:
             if faces != self._faces:
                 self._update(faces)
@@ -134,10 +202,11 @@ class RequiredScore:
         self._score = float(self._matcher.scores.score(found.cosine))
         if self._log is not None:
             self._log.info(
-                "group %r: %d face(s), stranger rate %g -> a match needs score %.1f (cosine %.4f, %g per "
+                "group %r: %d %s, stranger rate %g -> a match needs score %.1f (cosine %.4f, %g per "
                 "comparison%s)",
                 self._group,
                 faces,
+                self._unit,
                 self._rate,
                 self._score,
                 found.cosine,

@@ -43,6 +43,7 @@ class FaceEngine:
         )
         self.thresholds = emb_info.thresholds  # of the space it runs: flip has its own
         self.far_curve = emb_info.far_curve  # cosine at pair FAR 1e-2 .. 1e-7, for open-set thresholds
+        self.person_curves = emb_info.person_curves  # the same per number of faces averaged (mean rule)
         self._warm_up()
         log.info(
             "engine ready: %s + %s on %s in %.1fs",

@@ -41,6 +41,7 @@ class ModelInfo:
     space_hints: dict[str, str] = field(default_factory=dict)  # other model ids -> how to run them
     flip: bool = False  # embed each chip and its mirror image, and average (test-time augmentation)
     far_curve: dict[str, list[float]] = field(default_factory=dict)  # {"far": [...], "cosine": [...]}
+    person_curves: dict[str, dict] = field(default_factory=dict)  # k -> far_curve of the mean of k faces
 
     @property
     def model_id(self) -> str:
@@ -127,6 +128,7 @@ class Manifest:
             self._hints(name, variants, legacy),
             flip,
             dict(calibration.get("far_curve", {})),
+            dict(calibration.get("person_curves", {})),
         )
 
     @staticmethod

@@ -28,7 +28,7 @@ from agent.capture.worker import CaptureWorker, Frame
 from agent.config import CameraConfig, RecognitionConfig
 from agent.errors import AgentError, ConfigError, TransientError
 from agent.gallery.matcher import FAR_SCORES, Candidate, Matcher, ScoreMap
-from agent.gallery.thresholds import RequiredScore, StrangerThresholds, engine_thresholds
+from agent.gallery.thresholds import RequiredScore, StrangerThresholds, engine_thresholds, person_rule
 from agent.gates.depth import depth_check
 from agent.gates.mesh import open_face_mesh
 from agent.publish.challenge import ChallengeMessage
@@ -201,6 +201,8 @@ class RecognitionPipeline:
         self.match_errors = 0
         self.frame_errors = 0
         curve = engine_thresholds(engine, cfg.cosine_thresholds)
+        self._persons = person_rule(engine, cfg.person_rule, curve, cfg.cosine_thresholds)
+        log.info("recognition: %s", "mean rule (per person)" if self._persons else "max rule (per face)")
         self.required_score = RequiredScore(
             matcher,
             cfg.group_id,
@@ -208,6 +210,7 @@ class RecognitionPipeline:
             min_score=cfg.min_score,
             thresholds=None if cfg.min_score is not None else curve,
             log=log,
+            per_person=self._persons is not None,
         )
         settings = TrackerSettings(
             min_score=cfg.min_score if cfg.min_score is not None else 100.0,  # see required_score
@@ -456,7 +459,10 @@ class RecognitionPipeline:
     def _match(self, vector: np.ndarray) -> Candidate | None:
         t0 = time.perf_counter()
         try:
-            found = self._matcher.search(self.cfg.group_id, vector, top_k=1, min_score=0.0)
+            if self._persons is not None:
+                found = self._matcher.search_mean(self.cfg.group_id, vector, self._persons)
+            else:
+                found = self._matcher.search(self.cfg.group_id, vector, top_k=1, min_score=0.0)
         except TransientError as exc:  # index still loading or busy: this frame decides nothing
             self.match_errors += 1
             log.debug("gallery search failed: %s", exc)
