@@ -19,6 +19,7 @@ from agent.gallery.config import DEFAULT_GROUP, GalleryConfig
 from agent.gates.blink import BlinkConfig
 from agent.gates.challenge import ChallengeConfig
 from agent.gates.depth_config import DepthGateConfig
+from agent.gates.ir_config import IrGateConfig
 from agent.ops.log import LogConfig
 from agent.ops.metrics_config import MetricsConfig
 from agent.publish.config import TOPIC_LEVEL_RE, PublishConfig
@@ -213,6 +214,14 @@ class CameraConfig(Strict):
         "Depth evidence); unset: no depth check",
     )
 
+    ir: IrGateConfig | None = Field(
+        None,
+        description="infrared evidence from a near-infrared camera beside this one (ir.source, with the "
+        "pair's ir.registration): each face must be bright and face-shaped in IR, which a phone or "
+        "tablet screen is not; with require (default) access is granted only with it (docs/liveness.md, "
+        "Infrared evidence); unset: no IR check",
+    )
+
     @field_validator("id")
     @classmethod
     def _topic_safe(cls, value: str) -> str:
@@ -233,6 +242,10 @@ class CameraConfig(Strict):
     def _backoff(self) -> CameraConfig:
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        if self.ir is not None and self.depth is not None:
+            raise ValueError(f"camera {self.id}: one liveness sensor per camera: depth or ir, not both")
+        if self.ir is not None and self.resolved_kind == "realsense":
+            raise ValueError(f"camera {self.id}: ir pairs an infrared camera with an OpenCV colour source")
         if self.depth is not None and self.resolved_kind != "realsense":
             raise ValueError(
                 f"camera {self.id}: depth needs a depth camera source ('realsense' or 'realsense:<serial>'), "
@@ -427,13 +440,14 @@ class AgentConfig(Strict):
                     f"camera {cam.id}: liveness_challenge needs liveness level HIGH "
                     f"(cameras[].liveness_level or recognition.liveness_level), not {level}"
                 )
-            if cam.depth is not None and cam.depth.require and not self.publish.access.enabled:
-                # Depth is enforced by the access decision; without it nothing would be refused.
-                raise ValueError(
-                    f"camera {cam.id}: depth.require needs publish.access.enabled: true (the access decision "
-                    "is where missing or flat depth denies); or set depth.require: false to publish the "
-                    "evidence only"
-                )
+            for name, gate in (("depth", cam.depth), ("ir", cam.ir)):
+                if gate is not None and gate.require and not self.publish.access.enabled:
+                    # Sensor evidence is enforced by the access decision; without it nothing is refused.
+                    raise ValueError(
+                        f"camera {cam.id}: {name}.require needs publish.access.enabled: true (the access "
+                        f"decision is where missing or failed {name} evidence denies); or set "
+                        f"{name}.require: false to publish the evidence only"
+                    )
         return self
 
 

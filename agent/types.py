@@ -93,3 +93,13 @@ class DepthFrame:
     fx: float
     fy: float
     skew_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class IrFrame:
+    """A near-infrared image registered to a colour frame's pixels (agent/capture/ir.py warped it with the
+    camera's calibration): `grey[y, x]` is what the IR camera sees where colour pixel (x, y) looks.
+    `skew_s` is how far apart in time the IR and the colour frame were taken."""
+
+    grey: np.ndarray = field(repr=False)  # (H, W) uint8
+    skew_s: float = 0.0

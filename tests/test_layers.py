@@ -33,6 +33,7 @@ SLICES = {
     "agent.gates.blink",
     "agent.gates.challenge",
     "agent.gates.depth_config",
+    "agent.gates.ir_config",
     "agent.ops.log",
     "agent.ops.metrics_config",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent.capture.ir import IrPairedSource
 from agent.capture.realsense import RealSenseSource
 from agent.capture.sources import FrameSource, ImageFolderSource, OpenCVSource
 from agent.config import CameraConfig
@@ -9,7 +10,30 @@ from agent.errors import ConfigError
 
 
 def open_source(cfg: CameraConfig) -> FrameSource:
-    """The source object for a camera config (not yet opened)."""
+    """The source object for a camera config (not yet opened); with `ir`, paired with its IR camera."""
+    base = _base_source(cfg)
+    if cfg.ir is None:
+        return base
+    ir = cfg.ir
+    # The IR camera as a plain source: raw frames (no rotation or ROI: the worker applies the colour
+    # camera's to the registered IR), the colour camera's pacing and timeouts.
+    ir_cfg = cfg.model_copy(
+        update={
+            "id": cfg.id,
+            "source": ir.source,
+            "kind": ir.kind,
+            "rotate": 0,
+            "roi": None,
+            "width": None,
+            "height": None,
+            "ir": None,
+            "depth": None,
+        }
+    )
+    return IrPairedSource(base, _base_source(ir_cfg), ir.registration)
+
+
+def _base_source(cfg: CameraConfig) -> FrameSource:
     kind = cfg.resolved_kind
     if kind == "folder":
         return ImageFolderSource(cfg, realtime=cfg.realtime)

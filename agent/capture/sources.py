@@ -18,7 +18,7 @@ import numpy as np
 
 from agent.config import CameraConfig
 from agent.errors import ConfigError, DeviceError, TransientError
-from agent.types import DepthFrame
+from agent.types import DepthFrame, IrFrame
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class RawFrame:
     file: str | None = None  # files and folders: the file's name, carried into events
     index: int | None = None  # its frame number in a video; for an image, which of its frames_per_image
     depth: DepthFrame | None = None  # depth cameras: depth registered to `pixels`
+    ir: IrFrame | None = None  # cameras paired with an infrared camera: IR registered to `pixels`
 
 
 class FrameSource(Protocol):

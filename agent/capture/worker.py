@@ -21,7 +21,7 @@ from agent.capture.sources import FrameSource, RawFrame
 from agent.config import CameraConfig
 from agent.errors import AgentError, TransientError
 from agent.ops.log import StateLog
-from agent.types import DepthFrame
+from agent.types import DepthFrame, IrFrame
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Frame:
     media_time: float | None = None  # position in a file read faster than real time (the tracker's clock)
     origin: tuple[str, int] | None = None  # files and folders: (file name, frame index in it), for events
     depth: DepthFrame | None = None  # depth cameras: depth registered to `pixels` (same rotation and ROI)
+    ir: IrFrame | None = None  # infrared pairs: IR registered to `pixels` (same rotation and ROI)
 
 
 class LatestFrameSlot:
@@ -274,7 +275,10 @@ class CaptureWorker:
             if self.cfg.rotate in (90, 270):
                 fx, fy = fy, fx
             depth = DepthFrame(d_px, fx, fy, raw.depth.skew_s)
-        frame = Frame(self.cfg.id, self._seq, pixels, time.time(), now, offset, media, origin, depth)
+        ir = None
+        if raw.ir is not None:  # registered like depth: the same rotation and crop
+            ir = IrFrame(preprocess(raw.ir.grey, self.cfg)[0], raw.ir.skew_s)
+        frame = Frame(self.cfg.id, self._seq, pixels, time.time(), now, offset, media, origin, depth, ir)
         self.frames += 1
         self._on_frame(self.cfg.id)
         if self.source.live:

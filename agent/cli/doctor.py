@@ -434,12 +434,20 @@ def check_cameras(
 
 
 def check_liveness(
-    camera: str, level: str, steps: int | None, depth: bool, required: bool, default: bool = True
+    camera: str,
+    level: str,
+    steps: int | None,
+    depth: bool,
+    required: bool,
+    default: bool = True,
+    ir: bool = False,
+    ir_required: bool = False,
 ) -> Check:
     """What the camera's liveness stops, in words; FAIL when its depth camera's SDK is not installed."""
     from agent.gates.stops import liveness_summary
 
-    text = f"camera {camera}: {level}: {liveness_summary(level, steps, depth, required, default)}"
+    summary = liveness_summary(level, steps, depth, required, default, ir, ir_required)
+    text = f"camera {camera}: {level}: {summary}"
     if depth:
         try:
             import pyrealsense2  # noqa: F401
@@ -697,8 +705,8 @@ class DoctorTargets:
     hub_feed: bool = False  # the config has a hub: section: report its change feed
     sync_staleness_s: float | None = None  # the config has a sync: section: report the mirrors
     # per camera: (id, liveness level, challenge steps or None, depth configured, depth required,
-    # challenge at the measured defaults)
-    liveness: tuple[tuple[str, str, int | None, bool, bool, bool], ...] = ()
+    # challenge at the measured defaults, infrared configured, infrared required)
+    liveness: tuple[tuple[str, str, int | None, bool, bool, bool, bool, bool], ...] = ()
 
 
 def run_checks(
@@ -810,6 +818,8 @@ def resolve_targets(
                 c.depth is not None,
                 c.depth is not None and c.depth.require,
                 c.liveness_challenge is None or c.liveness_challenge == ChallengeConfig(),
+                c.ir is not None,
+                c.ir is not None and c.ir.require,
             )
             for c in agent_cfg.cameras
         ),

@@ -23,7 +23,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             steps = cam.liveness_challenge.steps if cam.liveness_challenge is not None else None
             depth = cam.depth is not None
             default = cam.liveness_challenge is None or cam.liveness_challenge == ChallengeConfig()
-            summary = liveness_summary(level, steps, depth, depth and cam.depth.require, default)
+            ir = cam.ir is not None
+            summary = liveness_summary(
+                level, steps, depth, depth and cam.depth.require, default, ir, ir and cam.ir.require
+            )
             print(f"  camera {cam.id}: liveness {level}: {summary}")
         return 0
     from agent.app import run_agent

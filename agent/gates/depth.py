@@ -38,11 +38,16 @@ _NOSE_R = 0.12
 
 @dataclass(frozen=True)
 class DepthCheck:
+    """One face's evidence from the camera's liveness sensor: depth (this module) or infrared
+    (agent/gates/ir.py, `sensor` "ir", with the face's IR `level` and no depth measures)."""
+
     passed: bool
     relief_mm: float | None  # None when there was no usable depth
     eye_mm: float | None
     distance_mm: float | None
-    reasons: tuple[str, ...]  # DEPTH_REASONS; empty when passed
+    reasons: tuple[str, ...]  # DEPTH_REASONS (IR_REASONS for "ir"); empty when passed
+    sensor: str = "depth"
+    level: float | None = None  # infrared: the face's median grey level 0..255
 
 
 def _missing(reason: str = "depth_missing") -> DepthCheck:

@@ -18,9 +18,15 @@ _LEVEL = {
 
 
 def liveness_summary(
-    level: str, challenge_steps: int | None, depth: bool, depth_required: bool, challenge_default: bool = True
+    level: str,
+    challenge_steps: int | None,
+    depth: bool,
+    depth_required: bool,
+    challenge_default: bool = True,
+    ir: bool = False,
+    ir_required: bool = False,
 ) -> str:
-    """One line: what the level, the kiosk challenge and the depth evidence of one camera stop.
+    """One line: what the level, the kiosk challenge and the depth or infrared evidence of one camera stop.
     `challenge_default`: the challenge has the measured default settings (other settings were not)."""
     parts = [_LEVEL.get(level, f"unknown level {level}")]
     if challenge_steps and challenge_default:
@@ -38,6 +44,12 @@ def liveness_summary(
             "depth evidence refuses flat, bent and creased prints and screens, not a print folded into a "
             "point or bumped at the nose (tested on made depth only, never on a real depth camera)"
             + ("; access requires it" if depth_required else "; measured and published, not required")
+        )
+    elif ir:
+        parts.append(
+            "infrared evidence refuses screen replays (a screen is dark in near infrared) but NOT prints "
+            "(paper shows the face in IR) (tested on made IR frames only, never on a real IR camera)"
+            + ("; access requires it" if ir_required else "; measured and published, not required")
         )
     elif level != "NONE":
         left = "a replay that follows the instructions" if challenge_steps else "a screen replay"

@@ -21,8 +21,10 @@ QUALITY_TOO_LOW = "quality_too_low"
 LIVENESS_MISSING = "liveness_missing"
 LIVENESS_TOO_LOW = "liveness_too_low"
 GALLERY_STALE = "gallery_stale"  # the person's group is mirrored from a hub the edge has not reached lately
-# A camera that requires depth evidence (cameras[].depth.require) denies without it, naming why with the
-# depth gate's own codes: depth_missing, depth_stale, depth_flat, depth_scale (agent/gates/depth.py).
+# A camera that requires depth or infrared evidence (cameras[].depth.require, cameras[].ir.require) denies
+# without it, naming why with the gate's own codes: depth_missing, depth_stale, depth_flat, depth_scale
+# (agent/gates/depth.py); ir_missing, ir_stale, ir_dark, ir_no_face (agent/gates/ir.py). The event's
+# depth_* fields carry either sensor's verdict (depth_sensor says which).
 DEPTH_MISSING = "depth_missing"
 
 

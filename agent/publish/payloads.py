@@ -18,6 +18,7 @@ from typing import Any
 from agent.errors import InputError
 from agent.gates.challenge import OUTCOMES
 from agent.gates.depth import DEPTH_REASONS
+from agent.gates.ir_config import IR_REASONS
 from agent.publish.access import AccessDecision, decide
 from agent.publish.config import LEVELS, AccessPolicyConfig, HomeAssistantConfig, PublishConfig
 from agent.publish.outbox import OutMessage
@@ -64,8 +65,10 @@ class RecognitionEvent:
     liveness_reasons: reason codes (agent.gates.liveness.REASONS) of the camera's liveness level; () = met;
     None = liveness is off on the camera.
     liveness_challenge: the track's active challenge, "pending" or its outcome; None = no challenge issued.
-    depth_*: the track's depth evidence (cameras with `depth`, agent/gates/depth.py); depth_passed None = the
-    camera has no depth check; depth_required: the camera grants access only with passed depth evidence.
+    depth_*: the track's evidence from the camera's liveness sensor, `depth_sensor` "depth" (cameras with
+    `depth`, agent/gates/depth.py) or "ir" (cameras with `ir`, agent/gates/ir.py; `depth_ir_level` the face's
+    IR grey level); depth_passed None = the camera has no such check; depth_required: the camera grants
+    access only with passed evidence. Published as the payload's "depth" or "ir" object.
     """
 
     camera_id: str
@@ -88,9 +91,11 @@ class RecognitionEvent:
     source_file: str | None = None  # files and folders: the file the deciding frame came from
     source_frame: int | None = None  # and its frame index in that file
     gallery_stale: bool = False  # matched in a mirrored group the edge has not synced for too long
+    depth_sensor: str = "depth"
     depth_required: bool = False
     depth_passed: bool | None = None
     depth_relief_mm: float | None = None
+    depth_ir_level: float | None = None
     depth_reasons: tuple[str, ...] = ()
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -126,11 +131,15 @@ class RecognitionEvent:
             raise _bad(f"liveness_reasons must be a tuple of at most {MAX_REASONS} short strings or None")
         if self.depth_passed is None and (self.depth_required or self.depth_reasons):
             raise _bad("depth_required and depth_reasons need a depth verdict (depth_passed)")
-        known_codes = all(r in DEPTH_REASONS for r in self.depth_reasons)
+        codes = {"depth": DEPTH_REASONS, "ir": IR_REASONS}.get(self.depth_sensor)
+        if codes is None:
+            raise _bad("depth_sensor must be 'depth' or 'ir'")
+        known_codes = all(r in codes for r in self.depth_reasons)
         consistent = bool(self.depth_reasons) == (self.depth_passed is False)
         if not known_codes or (self.depth_passed is not None and not consistent):
-            raise _bad(f"depth_reasons must be codes of {DEPTH_REASONS}: empty when passed, given when not")
+            raise _bad(f"depth_reasons must be codes of {codes}: empty when passed, given when not")
         _check_number("depth_relief_mm", self.depth_relief_mm, -1e4, 1e4)
+        _check_number("depth_ir_level", self.depth_ir_level, 0.0, 255.0)
         if self.liveness_challenge not in CHALLENGE_STATES:
             raise _bad(f"liveness_challenge must be one of {CHALLENGE_STATES}")
         for name in ("quality_level", "liveness_level"):
@@ -171,12 +180,24 @@ def _common(event: RecognitionEvent, device_id: str, schema: str, has_snapshot: 
         "liveness_challenge": event.liveness_challenge,
         "depth": (
             None
-            if event.depth_passed is None
+            if event.depth_passed is None or event.depth_sensor != "depth"
             else {
                 "passed": event.depth_passed,
                 "required": event.depth_required,
                 "relief_mm": event.depth_relief_mm,
                 "reasons": list(event.depth_reasons),
+            }
+        ),
+        **(
+            {}
+            if event.depth_passed is None or event.depth_sensor != "ir"
+            else {
+                "ir": {
+                    "passed": event.depth_passed,
+                    "required": event.depth_required,
+                    "level": event.depth_ir_level,
+                    "reasons": list(event.depth_reasons),
+                }
             }
         ),
         "model_id": event.model_id,

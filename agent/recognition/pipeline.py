@@ -29,7 +29,8 @@ from agent.config import CameraConfig, RecognitionConfig
 from agent.errors import AgentError, ConfigError, TransientError
 from agent.gallery.matcher import FAR_SCORES, Candidate, Matcher, ScoreMap
 from agent.gallery.thresholds import RequiredScore, StrangerThresholds, engine_thresholds, person_rule
-from agent.gates.depth import depth_check
+from agent.gates.depth import DepthCheck, depth_check
+from agent.gates.ir import ir_check
 from agent.gates.mesh import open_face_mesh
 from agent.publish.challenge import ChallengeMessage
 from agent.publish.payloads import RecognitionEvent
@@ -111,12 +112,15 @@ def _liveness_fields(live: LivenessState | None) -> dict[str, object]:
 
 
 def _depth_fields(depth: DepthState | None) -> dict:
+    """The track's sensor evidence (depth or infrared: `depth_sensor`) as event fields."""
     if depth is None:
         return {}
     return {
+        "depth_sensor": depth.sensor,
         "depth_required": depth.required,
         "depth_passed": depth.passed,
         "depth_relief_mm": depth.relief_mm,
+        "depth_ir_level": depth.level,
         "depth_reasons": depth.reasons,
     }
 
@@ -278,15 +282,16 @@ class RecognitionPipeline:
                 code="invalid_challenge_level",
             )
         cooldown = _cooldown(base, worker.cfg)
-        depth = worker.cfg.depth
+        sensor = worker.cfg.depth or worker.cfg.ir  # the camera's liveness sensor (config: one at most)
         return replace(
             base,
             liveness_level=level,
             blink=blink,
             challenge=challenge,
             cooldown_s=cooldown,
-            depth=depth is not None,
-            depth_required=depth is not None and depth.require,
+            depth=sensor is not None,
+            depth_required=sensor is not None and sensor.require,
+            sensor="ir" if worker.cfg.ir is not None else "depth",
         )
 
     def _liveness_level(self, worker: CaptureWorker) -> str:
@@ -398,9 +403,8 @@ class RecognitionPipeline:
         t3 = time.perf_counter()
         if usable:
             self.latency.add("embed", t3 - t2)
-        gate = cam.worker.cfg.depth
-        # Only embedded faces' depth counts for a track (FaceTracker._count_depth): check only those.
-        depth = {id(f): depth_check(f, frame.depth, gate) for f in usable} if gate is not None else {}
+        # Only embedded faces' sensor evidence counts for a track (FaceTracker._count_depth): check those.
+        depth = self._sensor_checks(cam.worker.cfg, frame, usable)
         observations = [
             Observation(
                 box=f.box,
@@ -535,6 +539,14 @@ class RecognitionPipeline:
             far_level=far_level(cand.score, self._matcher.scores.thresholds()),
             gallery_stale=bool(self._stale is not None and self._stale(cand.group_id)),
         )
+
+    def _sensor_checks(self, cfg: CameraConfig, frame: Frame, faces: Sequence[Face]) -> dict[int, DepthCheck]:
+        """Each face's evidence from the camera's depth or infrared sensor, by id(face); {} without one."""
+        if cfg.depth is not None:
+            return {id(f): depth_check(f, frame.depth, cfg.depth) for f in faces}
+        if cfg.ir is not None:
+            return {id(f): ir_check(f, frame.ir, cfg.ir, self._engine.detect) for f in faces}
+        return {}
 
     def _count_fps(self, cam: _Camera, frame: Frame) -> None:
         cam.processed += 1

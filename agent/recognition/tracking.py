@@ -98,21 +98,27 @@ class DepthState:
     required: bool
     relief_mm: float | None
     reasons: tuple[str, ...]
+    sensor: str = "depth"  # or "ir": the camera's liveness sensor (agent/gates/ir.py)
+    level: float | None = None  # infrared: the face's IR grey level
 
 
-def depth_state(checks, required: bool, current: DepthCheck | None) -> DepthState:
+def depth_state(
+    checks, required: bool, current: DepthCheck | None, sensor: str = "depth"
+) -> DepthState:
     """`checks`: the track's last checks that count (see FaceTracker._count_depth); `current`: this frame's
     own check when it counted, else None. Passing needs this frame's face itself to pass too: a decision is
     never granted on depth seen on earlier frames only."""
     checks = list(checks)
     passed = current is not None and current.passed and sum(c.passed for c in checks) >= DEPTH_NEEDED
     relief = current.relief_mm if current is not None else None
+    level = current.level if current is not None else None
     if passed:
-        return DepthState(True, required, relief, ())
+        return DepthState(True, required, relief, (), sensor, level)
     if current is not None and not current.passed:
-        return DepthState(False, required, relief, current.reasons)
+        return DepthState(False, required, relief, current.reasons, sensor, level)
     failed = next((c for c in reversed(checks) if not c.passed), None)
-    return DepthState(False, required, relief, failed.reasons if failed is not None else ("depth_missing",))
+    reasons = failed.reasons if failed is not None else (f"{sensor}_missing",)
+    return DepthState(False, required, relief, reasons, sensor, level)
 
 
 @dataclass(frozen=True)
@@ -187,8 +193,9 @@ class TrackerSettings:
     liveness: TrackConfig = field(default_factory=TrackConfig)
     blink: BlinkConfig | None = None  # None: no blink cue on this camera (its level does not use blinks)
     challenge: ChallengeConfig | None = None  # None: no active challenge (only HIGH may have one)
-    depth: bool = False  # the camera checks depth (observations carry DepthCheck)
+    depth: bool = False  # the camera checks depth or infrared (observations carry DepthCheck)
     depth_required: bool = False  # ... and access needs it: a known track gets a follow-up once it passes
+    sensor: str = "depth"  # which: "depth" or "ir"
 
     def __post_init__(self) -> None:
         if self.liveness_level not in LIVENESS_LEVEL_NAMES:
@@ -460,7 +467,7 @@ class FaceTracker:
             track.live_reported = True
             self._person_live[track.person] = clock
         depth = (
-            depth_state(track.depth_checks, self.s.depth_required, track.depth_current)
+            depth_state(track.depth_checks, self.s.depth_required, track.depth_current, self.s.sensor)
             if self.s.depth
             else None
         )
