@@ -244,14 +244,33 @@ class CameraConfig(Strict):
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
         if self.ir is not None and self.depth is not None:
             raise ValueError(f"camera {self.id}: one liveness sensor per camera: depth or ir, not both")
-        if self.ir is not None and self.resolved_kind == "realsense":
-            raise ValueError(f"camera {self.id}: ir pairs an infrared camera with an OpenCV colour source")
+        if self.ir is not None:
+            self._check_ir_pair()
         if self.depth is not None and self.resolved_kind != "realsense":
             raise ValueError(
                 f"camera {self.id}: depth needs a depth camera source ('realsense' or 'realsense:<serial>'), "
                 f"not a {self.resolved_kind}"
             )
         return self
+
+    def _check_ir_pair(self) -> None:
+        """An IR camera is a device, a video file or an image folder; and both cameras are live (read as
+        frames come) or both recordings (paired frame by frame): a mixed pair would pair a camera frame by
+        frame with no skew check, or loop a recording behind a live camera."""
+        kind = self.resolved_kind
+        if kind == "realsense":
+            raise ValueError(f"camera {self.id}: ir pairs an infrared camera with an OpenCV colour source")
+        ir_kind = source_kind(self.ir.source) if self.ir.kind == "auto" else self.ir.kind
+        if ir_kind not in ("device", "file", "folder"):
+            raise ValueError(f"camera {self.id}: ir.source must be a device, a video file or an image folder")
+        colour_live = kind in ("device", "stream", "gstreamer") or self.realtime
+        ir_live = ir_kind == "device" or self.realtime
+        if colour_live != ir_live:
+            raise ValueError(
+                f"camera {self.id}: a camera and a recording cannot be paired (the colour source is "
+                f"{'live' if colour_live else 'a recording read unpaced'}, ir.source is "
+                f"{'live' if ir_live else 'a recording read unpaced'}); record both or neither"
+            )
 
     @property
     def resolved_kind(self) -> str:

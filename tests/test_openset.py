@@ -163,6 +163,29 @@ def test_person_curves_map_a_mean_cosine_to_the_one_face_cosine_of_the_same_far(
         PersonCurves(single, {"1": CURVE})  # no k >= 2 curve: nothing to map
 
 
+def test_the_shipped_mean_rule_is_never_looser_than_one_face(agent_engine):
+    """On the manifest's own curves, inside and far beyond their measured range (to 100,000 persons): the
+    mapped cosine never exceeds the mean cosine, and more faces never make a person easier to match."""
+    curves = person_rule(agent_engine, "mean", engine_thresholds(agent_engine))
+    grid = np.linspace(0.85, 0.999, 400)
+    previous = grid
+    for k in range(2, 9):
+        mapped = np.asarray(curves.single_face_cosine(grid, k))
+        assert np.all(mapped <= grid + 1e-12), k
+        assert np.all(mapped <= previous + 1e-12), k  # k faces: at most what k - 1 faces give
+        assert np.all(np.diff(mapped) >= 0), k
+        previous = mapped
+    single = engine_thresholds(agent_engine)
+    for n in (100, 1000, 10_000, 100_000):
+        need = single.threshold(1e-3, n).cosine
+        for k in range(2, 6):  # the mean cosine a k-photo person needs is at least one face's
+            lo, hi = 0.0, 1.0
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (lo, mid) if curves.single_face_cosine(mid, k) >= need else (mid, hi)
+            assert hi >= need - 1e-9, (n, k, hi, need)
+
+
 def test_the_mean_rule_needs_the_manifest_curves_when_asked_for(agent_engine):
     single = engine_thresholds(agent_engine)
     assert agent_engine.person_curves, "the default space's manifest entry has person_curves"
@@ -227,7 +250,10 @@ def test_search_mean_scores_persons_by_their_mean_and_counts_persons(
                 assert best.score == pytest.approx(matcher.scores.score(expected), abs=0.02)  # 1e-5 cosine
         assert hits >= 27  # rank 1 for (nearly) everybody with three photos enrolled
         gallery.delete_face(gallery.store.faces_of_person("door", f"id{int(people[0])}")[0].face_id)
-        assert matcher.persons("door") == 30  # one face fewer, the same persons (recounted)
+        assert matcher.persons("door") == 30  # one face fewer, the same persons
+        for face in gallery.store.faces_of_person("door", f"id{int(people[1])}"):
+            gallery.delete_face(face.face_id)
+        assert matcher.persons("door") == 29  # recounted when the index changed
     finally:
         gallery.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.capture.ir import IrPairedSource
 from agent.capture.realsense import RealSenseSource
-from agent.capture.sources import FrameSource, ImageFolderSource, OpenCVSource
+from agent.capture.sources import FrameSource, ImageFolderSource, OpenCVSource, ir_camera_config
 from agent.config import CameraConfig
 from agent.errors import ConfigError
 
@@ -14,23 +14,7 @@ def open_source(cfg: CameraConfig) -> FrameSource:
     base = _base_source(cfg)
     if cfg.ir is None:
         return base
-    ir = cfg.ir
-    # The IR camera as a plain source: raw frames (no rotation or ROI: the worker applies the colour
-    # camera's to the registered IR), the colour camera's pacing and timeouts.
-    ir_cfg = cfg.model_copy(
-        update={
-            "id": cfg.id,
-            "source": ir.source,
-            "kind": ir.kind,
-            "rotate": 0,
-            "roi": None,
-            "width": None,
-            "height": None,
-            "ir": None,
-            "depth": None,
-        }
-    )
-    return IrPairedSource(base, _base_source(ir_cfg), ir.registration)
+    return IrPairedSource(base, _base_source(ir_camera_config(cfg)), cfg.ir.registration)
 
 
 def _base_source(cfg: CameraConfig) -> FrameSource:

@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 
 from agent.capture.sources import FrameSource, RawFrame
-from agent.errors import AgentError
 from agent.types import IrFrame
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,18 @@ _REOPEN_MIN_S, _REOPEN_MAX_S = 0.5, 30.0
 
 
 def to_grey(pixels: np.ndarray) -> np.ndarray:
-    """IR cameras deliver grey (Y8/GREY); OpenCV often hands them over as three equal channels."""
-    if pixels.ndim == 2:
-        return pixels
-    return cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+    """IR cameras deliver grey (Y8/GREY); OpenCV hands them over as one plane, one channel or three equal
+    channels, and 16-bit nodes (Y16) as uint16: all as uint8 grey."""
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    elif pixels.ndim == 3:
+        pixels = cv2.cvtColor(pixels[:, :, :3], cv2.COLOR_BGR2GRAY)
+    if pixels.ndim != 2:
+        raise ValueError(f"not an image: shape {pixels.shape}")
+    if pixels.dtype != np.uint8:
+        top = float(np.iinfo(pixels.dtype).max) if pixels.dtype.kind in "ui" else 1.0
+        pixels = np.clip(pixels.astype(np.float32) * (255.0 / top), 0, 255).astype(np.uint8)
+    return pixels
 
 
 def register(grey: np.ndarray, registration: tuple[float, ...], size: tuple[int, int]) -> np.ndarray:
@@ -51,6 +58,89 @@ def register(grey: np.ndarray, registration: tuple[float, ...], size: tuple[int,
     return cv2.warpAffine(
         grey, m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT
     )
+
+
+class _IrSide:
+    """The IR camera: opened, read and closed by one thread at a time (OpenCV's capture is not safe to
+    release while another thread reads it). Any failure, of any kind, closes it for a later reopen: the IR
+    side never stops the colour camera."""
+
+    def __init__(self, source: FrameSource, name: str) -> None:
+        self.source, self.name = source, name
+        self.open = False
+        self.ended = False
+        self.frames = 0
+        self.failures = 0
+
+    def try_open(self) -> bool:
+        try:
+            self.source.open()
+        except Exception as exc:  # noqa: BLE001 - no IR camera (yet): colour goes on, access fails closed
+            self.failures += 1
+            log.warning("camera %s: infrared camera not available: %s", self.name, exc)
+            return False
+        self.open, self.ended = True, False
+        return True
+
+    def read(self) -> np.ndarray | None:
+        """One IR frame (grey), or None when it failed or ended."""
+        try:
+            raw = self.source.read()
+            grey = None if raw is None else to_grey(raw.pixels)
+        except Exception as exc:  # noqa: BLE001 - a failing IR camera or frame: reopened later
+            self.failures += 1
+            log.warning("camera %s: infrared frame failed: %s", self.name, exc)
+            self.close()
+            return None
+        if grey is None:
+            self.ended = True
+            self.close()
+            return None
+        self.frames += 1
+        return grey
+
+    def close(self) -> None:
+        if self.open:
+            try:
+                self.source.close()
+            except Exception as exc:  # noqa: BLE001 - closing a broken camera: nothing more to do
+                log.debug("camera %s: closing the infrared camera: %s", self.name, exc)
+        self.open = False
+
+
+class _LiveReader:
+    """A live pair's IR thread: keeps the newest IR frame, reopens a lost IR camera with a doubling wait.
+    Its own stop event and slot: a thread that outlives a close (a read blocked up to the camera's stall
+    timeout) can neither be restarted by mistake nor write into the next one's slot."""
+
+    def __init__(self, side: _IrSide, clock: Callable[[], float]) -> None:
+        self._side, self._clock = side, clock
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self.latest: tuple[np.ndarray, float] | None = None  # (grey IR, when read)
+        self.thread = threading.Thread(target=self._run, name=f"ir-{side.name}", daemon=True)
+
+    def _run(self) -> None:
+        wait = _REOPEN_MIN_S
+        try:
+            while not self.stop.is_set():
+                if not self._side.open and not self._side.try_open():
+                    self.stop.wait(wait)
+                    wait = min(_REOPEN_MAX_S, wait * 2)
+                    continue
+                grey = self._side.read()
+                if grey is None:
+                    self.stop.wait(wait)
+                    continue
+                wait = _REOPEN_MIN_S
+                with self._lock:
+                    self.latest = (grey, self._clock())
+        finally:
+            self._side.close()  # the thread that read it closes it
+
+    def newest(self) -> tuple[np.ndarray, float] | None:
+        with self._lock:
+            return self.latest
 
 
 class IrPairedSource:
@@ -63,82 +153,38 @@ class IrPairedSource:
         registration: tuple[float, ...],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`registration`: cameras[].ir.registration (colour pixel -> IR pixel, affine a..f)."""
+        """`registration`: cameras[].ir.registration (colour pixel -> IR pixel, affine a..f). Both sources
+        live (cameras) or both recordings: CameraConfig refuses a mixed pair."""
         self.name = colour.name
         self.live = colour.live
-        self._colour, self._ir, self._registration, self._clock = colour, ir, registration, clock
-        self._lock = threading.Lock()
-        self._latest: tuple[np.ndarray, float] | None = None  # (grey IR, when read)
-        self._ir_open = False
-        self._ir_ended = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.ir_frames = 0
-        self.ir_failures = 0
+        self._colour, self._registration, self._clock = colour, registration, clock
+        self._side = _IrSide(ir, colour.name)
+        self._reader: _LiveReader | None = None
 
-    # -- the IR side -------------------------------------------------------------------------------------
+    @property
+    def ir_frames(self) -> int:
+        return self._side.frames
 
-    def _open_ir(self) -> bool:
-        try:
-            self._ir.open()
-        except AgentError as exc:  # no IR camera (yet): colour goes on, access fails closed
-            self.ir_failures += 1
-            log.warning("camera %s: infrared camera not available: %s", self.name, exc)
-            return False
-        self._ir_open, self._ir_ended = True, False
-        return True
-
-    def _read_ir(self) -> np.ndarray | None:
-        """One IR frame (grey), or None when it failed or ended; failures close it for a reopen."""
-        try:
-            raw = self._ir.read()
-        except AgentError as exc:
-            self.ir_failures += 1
-            log.warning("camera %s: infrared frame failed: %s", self.name, exc)
-            self._close_ir()
-            return None
-        if raw is None:
-            self._ir_ended = True
-            self._close_ir()
-            return None
-        self.ir_frames += 1
-        return to_grey(raw.pixels)
-
-    def _close_ir(self) -> None:
-        if self._ir_open:
-            try:
-                self._ir.close()
-            except AgentError as exc:
-                log.debug("camera %s: closing the infrared camera: %s", self.name, exc)
-        self._ir_open = False
-
-    def _ir_loop(self) -> None:
-        """Live pairs: keep the newest IR frame; reopen a lost IR camera with a doubling wait."""
-        wait = _REOPEN_MIN_S
-        while not self._stop.is_set():
-            if not self._ir_open and not self._open_ir():
-                self._stop.wait(wait)
-                wait = min(_REOPEN_MAX_S, wait * 2)
-                continue
-            grey = self._read_ir()
-            if grey is None:
-                self._stop.wait(wait)
-                continue
-            wait = _REOPEN_MIN_S
-            with self._lock:
-                self._latest = (grey, self._clock())
-
-    # -- FrameSource -------------------------------------------------------------------------------------
+    @property
+    def ir_failures(self) -> int:
+        return self._side.failures
 
     def open(self) -> None:
         self.close()
         self._colour.open()
-        self._stop.clear()
-        if self.live:
-            self._thread = threading.Thread(target=self._ir_loop, name=f"ir-{self.name}", daemon=True)
-            self._thread.start()
-        else:
-            self._open_ir()
+        if not self.live:
+            self._side.try_open()
+
+    def _live_reader(self) -> _LiveReader | None:
+        """The running reader; a new one once no earlier thread still holds the IR camera."""
+        reader = self._reader
+        if reader is not None and not reader.stop.is_set():
+            return reader
+        if reader is not None and reader.thread.is_alive():
+            return None  # an earlier thread is still in a blocked read: no IR until it has let go
+        self._reader = _LiveReader(self._side, self._clock)
+        self._reader.thread.start()
+        return self._reader
 
     def read(self) -> RawFrame | None:
         raw = self._colour.read()
@@ -146,14 +192,14 @@ class IrPairedSource:
             return None
         h, w = raw.pixels.shape[:2]
         if self.live:
-            with self._lock:
-                latest = self._latest
+            reader = self._live_reader()
+            latest = reader.newest() if reader is not None else None
             if latest is None:
                 return raw
             grey, taken = latest
             skew = max(0.0, self._clock() - taken)
         else:
-            grey = self._read_ir() if self._ir_open and not self._ir_ended else None
+            grey = self._side.read() if self._side.open and not self._side.ended else None
             if grey is None:
                 return raw
             skew = 0.0
@@ -161,11 +207,12 @@ class IrPairedSource:
         return RawFrame(raw.pixels, raw.media_time, raw.file, raw.index, raw.depth, ir)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-        self._close_ir()
-        with self._lock:
-            self._latest = None
+        reader = self._reader
+        if reader is not None:
+            reader.stop.set()
+            reader.thread.join(timeout=5.0)  # a read blocked longer ends by its own timeout, then closes
+            if not reader.thread.is_alive():
+                self._reader = None
+        elif not self.live:
+            self._side.close()
         self._colour.close()

@@ -201,10 +201,22 @@ class ImageFolderSource:
         self._current = None
 
 
+def ir_camera_config(cfg: CameraConfig) -> CameraConfig:
+    """The IR camera of a camera with `ir` as a plain source config: raw frames (no rotation or ROI: the
+    worker applies the colour camera's to the registered IR), the colour camera's pacing and timeouts."""
+    if cfg.ir is None:
+        raise ValueError(f"camera {cfg.id} has no ir")
+    update = {"source": cfg.ir.source, "kind": cfg.ir.kind, "rotate": 0, "roi": None, "width": None}
+    return cfg.model_copy(update={**update, "height": None, "ir": None, "depth": None})
+
+
 def check_local_source(cfg: CameraConfig) -> None:
     """At start, a video file or an image folder that is not there is a mistake in the config, not a camera
     that may come back: raise ConfigError (exit 78) instead of retrying forever. Devices and streams do come
-    back, and so may a file or folder that vanishes after start (the worker retries those)."""
+    back, and so may a file or folder that vanishes after start (the worker retries those). The same for
+    the IR camera of a camera with `ir`."""
+    if cfg.ir is not None:
+        check_local_source(ir_camera_config(cfg))
     kind, path = cfg.resolved_kind, Path(cfg.source)
     if kind == "file" and not path.is_file():
         raise ConfigError(f"camera {cfg.id}: source {cfg.source} does not exist (nor is it a folder)")

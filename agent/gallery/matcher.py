@@ -178,7 +178,7 @@ class Matcher:
 
     def __init__(self, gallery, model_id: str, scores: ScoreMap, config: GalleryConfig) -> None:
         self._gallery, self.model_id, self.scores, self._cfg = gallery, model_id, scores, config
-        self._persons: dict[str, tuple[int, int]] = {}  # group -> (face count it was counted at, persons)
+        self._persons: dict[str, tuple[tuple, int]] = {}  # group -> (index state it was counted at, persons)
 
     def faces(self, group_id: str) -> int:
         """Live faces of this model in the group's index (0 while not loaded): what one search compares."""
@@ -223,7 +223,8 @@ class Matcher:
         single-face scale; best first. `cosine` of a candidate is that single-face equivalent."""
         self._check(top_k, 0.0)
         query = check_vector(vector)
-        near = self._candidates(group_id, query[None, :], max(top_k, _MEAN_PERSONS))[0][:_MEAN_PERSONS]
+        wanted = max(top_k, _MEAN_PERSONS)
+        near = self._candidates(group_id, query[None, :], wanted)[0][:wanted]
         if not near:
             return []
         vectors = self._gallery.store.person_embeddings(group_id, self.model_id, [c.person_id for c in near])
@@ -240,12 +241,18 @@ class Matcher:
         return out[:top_k]
 
     def persons(self, group_id: str) -> int:
-        """Persons with faces of this model in the group (what a mean-rule search compares); recounted only
-        when the index's face count changes."""
-        faces = self.faces(group_id)
+        """Persons with faces of this model in the group (what a mean-rule search compares); recounted when
+        the index changes: any add grows its slots, any delete its deleted count (a face moved to another
+        person is both)."""
+        index = self._gallery.index(group_id, self.model_id)
+        if index is None:
+            return 0
+        stats = index.stats()
+        key = (int(stats["elements"]), int(stats["deleted"]), int(stats["live"]))
         cached = self._persons.get(group_id)
-        if cached is None or cached[0] != faces:
-            cached = (faces, self._gallery.store.count_persons(group_id, self.model_id) if faces else 0)
+        if cached is None or cached[0] != key:
+            count = self._gallery.store.count_persons(group_id, self.model_id) if key[2] else 0
+            cached = (key, count)
             self._persons[group_id] = cached
         return cached[1]
 

@@ -583,8 +583,9 @@ class GalleryStore:
 
     def count_persons(self, group_id: str, model_id: str) -> int:
         """Persons with at least one face in this (group, model): what a mean-rule search compares."""
-        rows = self._query(
-            "SELECT COUNT(DISTINCT person_id) FROM faces WHERE group_id = ? AND model_id = ?",
+        rows = self._query(  # by the persons of the group, each looked up in faces_by_person
+            "SELECT COUNT(*) FROM persons p WHERE p.group_id = ? AND EXISTS"
+            " (SELECT 1 FROM faces f WHERE f.person_id = p.person_id AND f.model_id = ?)",
             (group_id, model_id),
         )
         return int(rows[0][0])

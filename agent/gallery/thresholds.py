@@ -42,7 +42,9 @@ class OpenSetThreshold:
 class StrangerThresholds:
     """cosine(rate, faces) for one embedding space, from its pair FAR curve (FAR key -> cosine)."""
 
-    def __init__(self, far_curve: Mapping) -> None:
+    def __init__(self, far_curve: Mapping, tail_segments: int = 1) -> None:
+        """`tail_segments`: how many half decades at the strict end set the slope extended beyond it (1: the
+        last one; more for a curve whose last points rest on few impostor scores)."""
         points = sorted(curve_points(far_curve).items())
         if len(points) < 2:
             raise ConfigError("open-set thresholds need a far_curve with at least two points in the manifest")
@@ -54,6 +56,7 @@ class StrangerThresholds:
         self._cos = cosines  # descending
         self.smallest_far = float(fars[0])
         self.largest_far = float(fars[-1])
+        self._tail = max(1, min(int(tail_segments), len(fars) - 1))
 
     def cosine_at(self, far: float) -> float:
         """The cosine at one pair FAR inside the measured curve (clamped at its ends)."""
@@ -81,7 +84,8 @@ class StrangerThresholds:
         not a rate any more, above 0, but still in order: the mean rule only maps it back)."""
         c = np.asarray(cosine, dtype=np.float64)
         lg = np.interp(-c, -self._cos, self._log_far)  # -cos ascends with log FAR
-        strict = (self._log_far[1] - self._log_far[0]) / (self._cos[1] - self._cos[0])  # decades per cosine
+        t = self._tail
+        strict = (self._log_far[t] - self._log_far[0]) / (self._cos[t] - self._cos[0])  # decades per cosine
         loose = (self._log_far[-1] - self._log_far[-2]) / (self._cos[-1] - self._cos[-2])
         lg = np.where(c > self._cos[0], self._log_far[0] + strict * (c - self._cos[0]), lg)
         return np.where(c < self._cos[-1], self._log_far[-1] + loose * (c - self._cos[-1]), lg)
@@ -90,7 +94,8 @@ class StrangerThresholds:
         """The inverse of `log_far_at` (end slopes extended), capped at cosine 1."""
         lg = np.asarray(log_far, dtype=np.float64)
         c = np.interp(lg, self._log_far, self._cos)
-        strict = (self._cos[1] - self._cos[0]) / (self._log_far[1] - self._log_far[0])
+        t = self._tail
+        strict = (self._cos[t] - self._cos[0]) / (self._log_far[t] - self._log_far[0])
         loose = (self._cos[-1] - self._cos[-2]) / (self._log_far[-1] - self._log_far[-2])
         c = np.where(lg < self._log_far[0], self._cos[0] + strict * (lg - self._log_far[0]), c)
         c = np.where(lg > self._log_far[-1], self._cos[-1] + loose * (lg - self._log_far[-1]), c)
@@ -102,22 +107,38 @@ class PersonCurves:
     faces, which sits higher against strangers than one face does, so each k has its own pair FAR curve
     (manifest `person_curves`, measured by agent/evaluation/calibrate.person_far_curves). A mean cosine is
     reported as the single-face cosine of the same pair FAR: one scale for scores, thresholds and events,
-    and the stranger rule counts persons, not faces. k above the largest measured k uses that k's curve."""
+    and the stranger rule counts persons, not faces. k above the largest measured k uses that k's curve.
+
+    Guards where the curves are thin: the k-curves end sooner than the one-face curve (they rest on fewer
+    impostor pairs), so beyond their end they are extended with the slope of their last 1.5 decades; and the
+    mapped cosine is never above the mean cosine itself, nor above what any curve of k' <= k gives (a
+    mean of k faces sits at least as high against strangers as one face, or a mean of fewer). So past the
+    measured range a person with several photos is never judged more leniently than with one."""
+
+    TAIL_SEGMENTS = 3
 
     def __init__(self, single: StrangerThresholds, curves: Mapping[str, Mapping]) -> None:
         self.single = single
-        self._curves = {int(k): StrangerThresholds(c) for k, c in curves.items() if int(k) >= 2}
+        self._curves = {
+            int(k): StrangerThresholds(c, tail_segments=self.TAIL_SEGMENTS)
+            for k, c in curves.items()
+            if int(k) >= 2
+        }
         if not self._curves:
             raise ConfigError("the mean rule needs person_curves (k >= 2) of the model space (manifest)")
         self.largest_k = max(self._curves)
+        self.smallest_far = max(c.smallest_far for c in self._curves.values())  # measured down to here
 
     def single_face_cosine(self, cosine: float | np.ndarray, faces: int) -> float | np.ndarray:
-        """The single-face cosine whose pair FAR equals that of `cosine` to the mean of `faces` faces."""
+        """The single-face cosine whose pair FAR equals that of `cosine` to the mean of `faces` faces (the
+        strictest of the curves k' <= faces, and at most `cosine`)."""
         if faces <= 1:
             return cosine
-        usable = [k for k in self._curves if k <= faces]
-        curve = self._curves[max(usable) if usable else min(self._curves)]
-        out = self.single.cosine_at_log_far(curve.log_far_at(cosine))
+        c = np.asarray(cosine, dtype=np.float64)
+        ks = [k for k in self._curves if k <= faces] or [min(self._curves)]
+        out = c
+        for k in ks:
+            out = np.minimum(out, self.single.cosine_at_log_far(self._curves[k].log_far_at(c)))
         return float(out) if out.ndim == 0 else out
 
 
@@ -171,9 +192,11 @@ class RequiredScore:
         thresholds: StrangerThresholds | None,
         log=None,
         per_person: bool = False,
+        person_curves: PersonCurves | None = None,
     ) -> None:
         """`per_person`: the mean rule (PersonCurves) compares a face with each person once, so N counts
-        persons; otherwise every face is a comparison and N counts faces."""
+        persons; otherwise every face is a comparison and N counts faces. `person_curves`: the mean rule's
+        curves, for the log's note when a threshold lies beyond them."""
         if min_score is None and thresholds is None:
             raise ConfigError("a stranger rate needs the model space's far_curve, or recognition.min_score")
         self._matcher, self._group, self._rate = matcher, group_id, rate
@@ -182,6 +205,7 @@ class RequiredScore:
         self._log = log
         self._count = matcher.persons if per_person else matcher.faces
         self._unit = "person(s)" if per_person else "face(s)"
+        self._person_curves = person_curves
         self._lock = threading.Lock()
         self._faces: int | None = None
         self._score = 100.0
@@ -211,5 +235,11 @@ class RequiredScore:
                 self._score,
                 found.cosine,
                 found.pair_far,
-                "; beyond the measured curve: extrapolated" if found.extrapolated else "",
+                ("; beyond the measured curve: extrapolated" if found.extrapolated else "")
+                + (
+                    f"; beyond the mean rule's curves (measured to {self._person_curves.smallest_far:g}): "
+                    "extrapolated, never looser than one face"
+                    if self._person_curves is not None and found.pair_far < self._person_curves.smallest_far
+                    else ""
+                ),
             )

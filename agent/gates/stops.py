@@ -47,9 +47,13 @@ def liveness_summary(
         )
     elif ir:
         parts.append(
-            "infrared evidence refuses screen replays (a screen is dark in near infrared) but NOT prints "
+            "infrared evidence tells screen replays (dark in near infrared) from faces, but NOT prints "
             "(paper shows the face in IR) (tested on made IR frames only, never on a real IR camera)"
-            + ("; access requires it" if ir_required else "; measured and published, not required")
+            + (
+                "; access requires it: screen replays are refused"
+                if ir_required
+                else "; measured and published, not required: nothing is refused on it"
+            )
         )
     elif level != "NONE":
         left = "a replay that follows the instructions" if challenge_steps else "a screen replay"

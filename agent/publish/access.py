@@ -24,8 +24,8 @@ GALLERY_STALE = "gallery_stale"  # the person's group is mirrored from a hub the
 # A camera that requires depth or infrared evidence (cameras[].depth.require, cameras[].ir.require) denies
 # without it, naming why with the gate's own codes: depth_missing, depth_stale, depth_flat, depth_scale
 # (agent/gates/depth.py); ir_missing, ir_stale, ir_dark, ir_no_face (agent/gates/ir.py). The event's
-# depth_* fields carry either sensor's verdict (depth_sensor says which).
-DEPTH_MISSING = "depth_missing"
+# depth_* fields carry either sensor's verdict (depth_sensor says which); no verdict at all is
+# <sensor>_missing.
 
 
 class Evidence(Protocol):
@@ -58,6 +58,9 @@ class Evidence(Protocol):
     @property
     def depth_reasons(self) -> tuple[str, ...]: ...
 
+    @property
+    def depth_sensor(self) -> str: ...
+
 
 @dataclass(frozen=True)
 class AccessDecision:
@@ -83,7 +86,7 @@ def decide(event: Evidence, policy: AccessPolicyConfig) -> AccessDecision:
     if event.is_known and event.gallery_stale:
         reasons.append(GALLERY_STALE)
     if event.depth_required and not event.depth_passed:  # fails closed: no verdict is no evidence
-        reasons += list(event.depth_reasons) or [DEPTH_MISSING]
+        reasons += list(event.depth_reasons) or [f"{event.depth_sensor}_missing"]
     if event.is_known and policy.min_far_level > 0:
         if event.far_level is None:
             reasons.append(FAR_LEVEL_MISSING)

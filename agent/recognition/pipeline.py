@@ -215,6 +215,7 @@ class RecognitionPipeline:
             thresholds=None if cfg.min_score is not None else curve,
             log=log,
             per_person=self._persons is not None,
+            person_curves=self._persons,
         )
         settings = TrackerSettings(
             min_score=cfg.min_score if cfg.min_score is not None else 100.0,  # see required_score
