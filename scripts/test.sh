@@ -18,6 +18,8 @@ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/n
 # introspection and GStreamer's RTSP server; --check exits non-zero when any element it uses is missing.
 /usr/bin/python3 tests/rtsp_server.py --check >/dev/null 2>&1 || need_apt+=(python3 python3-gi
   gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
+# The console's browser tests (tests/test_console_browser.py): Playwright drives Debian's Chromium, no download.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

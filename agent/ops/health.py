@@ -1,4 +1,5 @@
-"""Stdlib HTTP endpoint for /metrics, /healthz (liveness) and /readyz (readiness).
+"""/metrics, /healthz (liveness) and /readyz (readiness): Starlette routes, served on their own port (loopback
+by default) by uvicorn through agent/ops/http.py, and mounted on the API's application by `run`.
 
 /healthz answers 200 while every registered heartbeat is fresh, 503 naming the stale ones otherwise.
 /readyz answers 200 once every readiness check (models warmed, gallery loaded) is set, 503 before that.
@@ -9,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
+from typing import Any
 
 from agent.errors import FatalError
+from agent.ops.http import HttpServer, Limits
 from agent.ops.metrics import CONTENT_TYPE, Registry
 from agent.ops.metrics_config import MetricsConfig
 from agent.ops.systemd import HeartbeatRegistry
@@ -48,77 +48,6 @@ class Readiness:
             return all(ok for ok, _ in self._checks.values())
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # stop() must not wait for a slow client; request sockets have timeouts
-    request_queue_size = 16
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], app: HealthServer):
-        self.app = app
-        self.slots = threading.BoundedSemaphore(app.config.max_connections)
-        super().__init__(address, handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can hang offline.
-        TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.app.rejected.inc()
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "face-agent"
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        self._respond(head=False)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._respond(head=True)
-
-    def _respond(self, *, head: bool) -> None:
-        app = self.server.app
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            status, ctype, body = 200, CONTENT_TYPE, app.registry.render().encode()
-        elif path == "/healthz":
-            status, ctype, body = app.liveness()
-        elif path == "/readyz":
-            status, ctype, body = app.readiness_report()
-        else:
-            status, ctype, body = 404, "application/json", b'{"error": "not found"}'
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
-        # One line per scrape would flood the journal; keep it at debug.
-        logging.getLogger("agent.health").debug("%s %s", self.address_string(), format % args)
-
-
 class HealthServer:
     """Owns the HTTP server thread. start() raises FatalError when the address cannot be bound."""
 
@@ -139,8 +68,7 @@ class HealthServer:
         self.rejected = registry.counter(
             "face_agent_http_health_rejected_total", "Health/metrics connections closed: too many at once"
         )
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: HttpServer | None = None
 
     def liveness(self) -> tuple[int, str, bytes]:
         stale = self.heartbeats.stale()
@@ -157,11 +85,33 @@ class HealthServer:
         body = json.dumps({"ready": ready, "checks": checks}).encode()
         return (200 if ready else 503), "application/json", body
 
+    def routes(self, *, metrics_from_loopback_only: bool = False) -> list[Any]:
+        """The three endpoints as Starlette routes. On a public port (the API's) /metrics can be limited to
+        loopback clients: its numbers are not public."""
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        def answer(status: int, ctype: str, body: bytes) -> Response:
+            return Response(body, status, media_type=ctype, headers={"Cache-Control": "no-store"})
+
+        def metrics(request: Any) -> Response:
+            client = request.client.host if request.client else ""
+            if metrics_from_loopback_only and client not in ("127.0.0.1", "::1"):
+                return answer(403, "application/json", b'{"error": "metrics are served to loopback only"}')
+            return answer(200, CONTENT_TYPE, self.registry.render().encode())
+
+        # Plain functions: Starlette runs them in a worker thread, where rendering cannot stall the loop.
+        return [
+            Route("/metrics", metrics, methods=["GET", "HEAD"]),
+            Route("/healthz", lambda request: answer(*self.liveness()), methods=["GET", "HEAD"]),
+            Route("/readyz", lambda request: answer(*self.readiness_report()), methods=["GET", "HEAD"]),
+        ]
+
     @property
     def address(self) -> tuple[str, int]:
         if self._server is None:
             raise RuntimeError("health server not started")
-        return self._server.server_name, self._server.server_port
+        return self.config.host, self._server.port
 
     @property
     def url(self) -> str:
@@ -171,41 +121,36 @@ class HealthServer:
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("health server already started")
-        cls = _Server6 if ":" in self.config.host else _Server
-        handler = type("HealthHandler", (_Handler,), {"timeout": self.config.request_timeout_s})
+        from starlette.applications import Starlette
+
+        async def not_found(request: Any, exc: Exception) -> Any:
+            from starlette.responses import Response
+
+            return Response(b'{"error": "not found"}', 404, media_type="application/json")
+
+        app = Starlette(routes=self.routes(), exception_handlers={404: not_found})
+        limits = Limits(self.config.max_connections, self.config.request_timeout_s, max_busy=0)
+        server = HttpServer(
+            app, self.config.host, self.config.port, limits, name="health", backlog=16,
+            on_refused=self.rejected.inc,
+        )
         try:
-            self._server = cls((self.config.host, self.config.port), handler, self)
+            server.start()
         except OSError as exc:
             raise FatalError(
                 f"cannot serve metrics on {self.config.host}:{self.config.port}: {exc}; set metrics.port to "
                 "a free port (another face-agent on this host needs its own) or metrics.enabled: false",
                 code="metrics_bind_failed",
             ) from exc
-        started = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(started,), name="health-http", daemon=True)
-        self._thread.start()
-        if not started.wait(self.config.start_timeout_s):
-            raise FatalError("health server thread did not start in time", code="metrics_start_timeout")
+        self._server = server
         self._log.info("serving /metrics, /healthz, /readyz on %s", self.url)
-
-    def _serve(self, started: threading.Event) -> None:
-        assert self._server is not None
-        started.set()
-        self._server.serve_forever(poll_interval=0.2)
 
     def stop(self) -> bool:
         """Stop serving and close the socket; True when the server thread ended within the timeout."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        server, self._server = self._server, None
+        if server is None:
             return True
-        # shutdown() blocks until serve_forever notices, which happens within one poll_interval.
-        stopper = threading.Thread(target=server.shutdown, name="health-http-stop", daemon=True)
-        stopper.start()
-        stopper.join(self.config.stop_timeout_s)
-        thread.join(max(0.0, self.config.stop_timeout_s))
-        server.server_close()
-        self._server = self._thread = None
-        stopped = not thread.is_alive()
+        stopped = server.stop(self.config.stop_timeout_s)
         if not stopped:
             self._log.warning("health server thread did not stop within %.1f s", self.config.stop_timeout_s)
         return stopped
