@@ -3,15 +3,16 @@
 uvicorn parses HTTP/1.1 (h11) and runs the application; chosen over hypercorn/granian because it is the most
 used ASGI server, pure Python with h11 (no compiled parser needed on a Pi) and Starlette's own reference.
 What it has no setting for is added here by a subclass of its h11 protocol (hand-written because no
-maintained library does these four; the uvicorn range in pyproject.toml is the one this was tested on):
+maintained library does these; the uvicorn range in pyproject.toml is the one this was tested on):
 - a connection limit whose overflow is answered by the application, in the caller's own error format,
   (uvicorn's `limit_concurrency` answers a bare 503), and a bound on such answers in flight;
 - a deadline for a request's head: a client that sends part of a request line and stops (or sends one byte
   a second) is closed after `socket_timeout_s`; uvicorn's keep-alive timer stops at the first byte;
 - a TLS handshake per connection bounded by the same timeout (asyncio's start_tls; uvicorn hands TLS to
   create_server, whose handshake timeout is asyncio's 60 s), counted against the limit from the first byte;
-- a handle in the request scope (`scope["extensions"][CONNECTION]`) to drop a connection without an answer,
-  for a body that stalls past the socket timeout (nobody is reading an answer).
+- every read of a body and every write of an answer within the same timeout, for every application
+  (uvicorn waits for ever on a client that stops sending its body or stops reading), and a handle in the
+  request scope (`scope["extensions"][CONNECTION]`) to drop a connection without an answer.
 The listening socket is bound and listening before the server thread starts, so `start()` needs no wait: a
 client that connects at once waits in the backlog.
 """
@@ -152,8 +153,25 @@ def _protocol_class() -> type:
                 self.data_received(early)
 
         async def _run(self, app: ASGIApp, scope: Scope, receive: Any, send: Any) -> None:
+            """Every application's reads and writes within the socket timeout (the console's forms as much
+            as the families' bodies); past it the connection is dropped and the app sees a disconnect."""
             scope.setdefault("extensions", {})[CONNECTION] = self._handle
-            await app(scope, receive, send)
+            timeout = self._gate.limits.socket_timeout_s
+
+            async def bounded_receive() -> Any:
+                try:
+                    return await asyncio.wait_for(receive(), timeout)
+                except asyncio.TimeoutError:
+                    self.drop()
+                    return {"type": "http.disconnect"}
+
+            async def bounded_send(message: Any) -> None:
+                try:
+                    await asyncio.wait_for(send(message), timeout)
+                except asyncio.TimeoutError:  # a client that does not read its answer
+                    self.drop()
+
+            await app(scope, bounded_receive, bounded_send)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._release()
