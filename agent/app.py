@@ -37,6 +37,7 @@ from agent.ops.systemd import (
     watchdog_interval,
 )
 from agent.publish import EventSink, build_sink
+from agent.recognition.observe import FrameObserver
 from agent.recognition.pipeline import RecognitionPipeline
 
 log = logging.getLogger("agent.app")
@@ -72,6 +73,7 @@ class AgentApp:
         self.cameras: list[CaptureWorker] = []
         self.pipeline: RecognitionPipeline | None = None
         self.api = None  # agent.api.server.ApiServer when cfg.api is set
+        self.observer = FrameObserver() if cfg.console.enabled else None  # the console's view of the cameras
         self.hub = None  # agent.sync.hub.HubService when cfg.hub is set (needs cfg.api)
         self.syncer = None  # agent.sync.edge.EdgeSyncer when cfg.sync is set
         self._listener = None  # its MQTT announcement listener
@@ -181,7 +183,10 @@ class AgentApp:
             families.append(self.hub.family)
         try:
             ctx = build_context(api_cfg, self.engine, self.gallery)
-            self.api = ApiServer(api_cfg, ctx, families).start()
+            mounts = [("/console", self._console(cfg, api_cfg, ctx))] if cfg.console.enabled else []
+            if self.health is not None:  # /metrics, /healthz, /readyz on the API port too (metrics: loopback)
+                mounts.append(("", self.health.routes(metrics_from_loopback_only=True)))
+            self.api = ApiServer(api_cfg, ctx, families, mounts=mounts).start()
         except OSError as exc:
             if self.hub is not None:
                 self.hub.stop()
@@ -193,6 +198,28 @@ class AgentApp:
             self.hub.start()
             self.hub.register_metrics(self.registry)
         log.info("HTTP API on %s", self.api.url)
+
+    def _console(self, cfg: AgentConfig, api_cfg, ctx):  # noqa: ANN001, ANN202 (agent.api / Starlette types)
+        """The web console (docs/console.md) on the API's server, fed by the camera loop's observer."""
+        from agent.api import load_secrets
+        from agent.console import ConsoleDeps, build_console
+
+        sync = (lambda: self.syncer.status() if self.syncer else {}) if cfg.sync is not None else None
+        deps = ConsoleDeps(
+            ctx=ctx,
+            config=cfg.console,
+            api=api_cfg,
+            state_dir=cfg.state_dir,
+            api_secrets=load_secrets(api_cfg),
+            group_id=cfg.recognition.group_id,
+            observer=self.observer,
+            stats=lambda: self.pipeline.stats() if self.pipeline is not None else {},
+            sink_stats=self.sink.stats if self.sink is not None else None,
+            sync_status=sync,
+            config_in_force=lambda: self.cfg.model_dump(mode="json"),
+            on_gallery_change=self._publish_gallery_version,
+        )
+        return build_console(deps)  # ConfigError at start when nobody could log in
 
     def _stop_api(self, timeout: float) -> None:
         if self.api is not None:
@@ -277,6 +304,7 @@ class AgentApp:
             metrics=self.metrics,
             heartbeat=self._beat,
             stale=self.syncer.is_stale if self.syncer is not None else self._unsynced_mirror,
+            observer=self.observer,
         )
         self.metrics.track_queue("events", lambda p=self.pipeline: p.dispatcher.depth)
         self.pipeline.start()

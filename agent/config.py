@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.api.config import ApiConfig
+from agent.console.config import ConsoleConfig
 from agent.errors import ConfigError
 from agent.gallery.config import DEFAULT_GROUP, GalleryConfig
 from agent.gates.blink import BlinkConfig
@@ -409,6 +410,10 @@ class AgentConfig(Strict):
     sync: SyncConfig | None = Field(
         None, description="mirror the groups a hub grants this device into the local gallery; docs/sync.md"
     )
+    console: ConsoleConfig = Field(
+        default_factory=ConsoleConfig,
+        description="web console at /console on the API's port (needs api); off by default; docs/console.md",
+    )
     stop_timeout_s: float = Field(10.0, gt=0, le=300, description="bound of a clean shutdown")
 
     @model_validator(mode="before")
@@ -438,6 +443,8 @@ class AgentConfig(Strict):
     def _hub_needs_api(self) -> AgentConfig:
         if self.hub is not None and self.api is None:
             raise ValueError("hub: serves its feed through the HTTP API; add an api: section")
+        if self.console.enabled and self.api is None:
+            raise ValueError("console: is served by the HTTP API's server; add an api: section")
         if self.gallery.database is not None and self.sync is not None:
             raise ValueError(
                 "sync: an edge mirrors a hub into its own SQLite gallery; a hub on PostgreSQL (hub.database) "

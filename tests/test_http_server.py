@@ -131,3 +131,41 @@ def test_health_routes_on_the_api_port(tmp_path):
         assert call(r, "GET", "/api/v1/nothing-here").json()["error"]["code"] == "not_found"
     finally:
         r.close()
+
+
+def test_serve_answers_health_routes_beside_the_api(tmp_path):
+    """`face-agent serve` (no cameras): /healthz, /readyz and /metrics on the API's port."""
+    import threading
+    import urllib.request
+
+    import yaml
+
+    from agent.cli.serve import load_serve_config, run_serve
+
+    cfg_path = tmp_path / "serve.yaml"
+    api = {"host": "127.0.0.1", "port": 0, "allow_unauthenticated_loopback": True}
+    cfg_path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "api": api}))
+    stop, ready, urls, result = threading.Event(), threading.Event(), [], []
+
+    def serve() -> None:
+        try:
+            result.append(
+                run_serve(load_serve_config(cfg_path, {}), {}, stop, lambda u: (urls.append(u), ready.set()))
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
+            result.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(120) and urls, result
+        for path, want in (("/healthz", b'"status"'), ("/readyz", b'"ready": true'), ("/metrics", b"# HELP")):
+            with urllib.request.urlopen(urls[0] + path, timeout=10) as resp:
+                body = resp.read()
+                assert resp.status == 200 and want in body, (path, body[:200])
+                assert resp.headers["Cache-Control"] == "no-store"
+    finally:
+        stop.set()
+        thread.join(60)
+    assert result == [0]

@@ -16,12 +16,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"face-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    from agent.cli import bench, detect, doctor, erase, evaluate, run, sync
+    from agent.cli import bench, console, detect, doctor, erase, evaluate, run, sync
 
     for command in (run, sync, detect, evaluate, bench):
         command.add_parser(sub)
     doctor.add_parser(sub)  # install checks; erase: complete erasure of one person
     erase.add_parser(sub)
+    console.add_parser(sub)  # the web console's password
 
     from agent.cli.tools import add_tool_commands  # enroll, gallery, serve, hub; handlers import lazily
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 # the runtimes' caches in the service user's home, which is the state dir). They run with umask 077, as the
 # systemd unit does (UMask=0077), so a quick start from a shell creates biometric state 0700 / 0600 too, not
 # 0755 / 0644 (which `doctor` then rightly FAILs).
-_WRITES_STATE = {"run", "sync", "serve", "enroll", "gallery", "erase", "hub", "doctor"}
+_WRITES_STATE = {"run", "sync", "serve", "enroll", "gallery", "erase", "hub", "doctor", "console"}
 
 
 def main(argv: list[str] | None = None) -> int:

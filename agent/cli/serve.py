@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.api.config import ApiConfig
 from agent.config import EngineConfig, default_state_dir, parse_model, read_yaml_mapping
+from agent.console.config import ConsoleConfig
 from agent.errors import ConfigError, FatalError
 from agent.gallery.config import GalleryConfig
 from agent.ops.log import LogConfig
@@ -49,6 +50,9 @@ class ServeConfig(BaseModel):
     log: LogConfig = Field(default_factory=LogConfig, description="log level and format")
     hub: HubConfig | None = Field(
         None, description="also serve a change feed of the groups to devices (docs/sync.md)"
+    )
+    console: ConsoleConfig = Field(
+        default_factory=ConsoleConfig, description="web console at /console (docs/console.md); off by default"
     )
     stop_timeout_s: float = Field(10.0, gt=0, le=300, description="bound of each step of a clean shutdown")
 
@@ -165,9 +169,11 @@ def _serve(
         source = "api.score_thresholds" if cfg.api.score_thresholds else "model manifest"
         cosines = cfg.api.score_thresholds or engine.thresholds
         log.info("FAR thresholds of %s from the %s: cosine %s", engine.model_id, source, dict(cosines))
+        mounts = [("/console", _console(cfg, ctx))] if cfg.console.enabled else []
+        mounts.append(("", _health_routes(heartbeats)))
         hub = HubService(cfg.hub, gallery, cfg.api) if cfg.hub is not None else None
         try:
-            server = ApiServer(cfg.api, ctx, [hub.family] if hub is not None else []).start()
+            server = ApiServer(cfg.api, ctx, [hub.family] if hub is not None else [], mounts=mounts).start()
         except OSError as exc:  # port taken, address not on this host: fatal, said plainly
             if hub is not None:
                 hub.stop(cfg.stop_timeout_s)
@@ -194,6 +200,35 @@ def _serve(
                 hub.stop(cfg.stop_timeout_s)
     finally:
         gallery.close(cfg.stop_timeout_s)
+
+
+def _health_routes(heartbeats: Any) -> list[Any]:
+    """/healthz (the heartbeats: the server's own health probe), /readyz (ready once the server answers:
+    engine and gallery are loaded before it listens) and /metrics (loopback clients only) on the API port."""
+    from agent.ops.health import HealthServer, Readiness
+    from agent.ops.metrics import Registry
+    from agent.ops.metrics_config import MetricsConfig
+
+    readiness = Readiness(("serving",))
+    readiness.set("serving", True, "engine and gallery loaded")
+    health = HealthServer(MetricsConfig(), registry=Registry(), heartbeats=heartbeats, readiness=readiness)
+    return health.routes(metrics_from_loopback_only=True)
+
+
+def _console(cfg: ServeConfig, ctx: Any) -> Any:
+    """The web console without cameras: people and status pages; live and review say there are none."""
+    from agent.api import load_secrets
+    from agent.console import ConsoleDeps, build_console
+
+    deps = ConsoleDeps(
+        ctx=ctx,
+        config=cfg.console,
+        api=cfg.api,
+        state_dir=cfg.state_dir,
+        api_secrets=load_secrets(cfg.api),
+        config_in_force=lambda: cfg.model_dump(mode="json"),
+    )
+    return build_console(deps)  # ConfigError at start when nobody could log in
 
 
 def _answers(url: str, timeout: float) -> bool:

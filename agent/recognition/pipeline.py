@@ -37,6 +37,7 @@ from agent.publish.payloads import RecognitionEvent
 from agent.publish.sink import EventSink
 from agent.recognition.challenge import ChallengeNotice, Chooser
 from agent.recognition.dispatch import EventDispatcher, LatencyLog
+from agent.recognition.observe import FrameObserver
 from agent.recognition.tracking import (
     DepthState,
     EyeMeter,
@@ -184,10 +185,13 @@ class RecognitionPipeline:
         heartbeat: Callable[[str, float], Callable[[], None]] | None = None,
         challenge_chooser: Chooser | None = None,
         stale: Callable[[str], bool] | None = None,
+        observer: FrameObserver | None = None,
     ) -> None:
         """`challenge_chooser` forces the challenge instructions (tests); None: drawn with `secrets`.
-        `stale(group_id)`: True when a mirrored group must not grant access (agent/sync/edge.py)."""
+        `stale(group_id)`: True when a mirrored group must not grant access (agent/sync/edge.py).
+        `observer`: gets every analysed frame's faces and decisions (the console); None costs nothing."""
         self.cfg = cfg
+        self.observer = observer
         self._stale = stale
         self._engine = engine
         self._matcher = matcher
@@ -423,6 +427,8 @@ class RecognitionPipeline:
         ]
         clock = frame.media_time if frame.media_time is not None else frame.captured_mono
         events = cam.tracker.update(observations, clock, frame.pixels)
+        if self.observer is not None:
+            self.observer.observe(cam.worker.cfg.id, frame, observations, cam.tracker, events)
         self.latency.add("track", time.perf_counter() - t3)  # includes the gallery searches and liveness
         if cam.tracker.liveness_on and observations:
             self.latency.add("liveness", cam.tracker.liveness_seconds)
