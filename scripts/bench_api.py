@@ -3,8 +3,9 @@ clients in a separate process so they do not share the server's GIL.
 
     .venv/bin/python scripts/bench_api.py --clients 1,4,16 --seconds 8 --rounds 3 [--before REV]
 
-Prints, per client count, the median over rounds of requests/s, p50 and p99 latency (ms), and the ratio of
-requests/s to the 1-client run. Enrols --persons LFW identities (one photo each) first; queries are other
+Prints, per client count, the median over rounds of requests/s, p50 and p99 latency (ms), the server
+process's CPU time per request (all threads, from /proc), and the ratio of requests/s to the 1-client run.
+Enrols --persons LFW identities (one photo each) first; queries are other
 LFW photos of the same people (250x250 JPEG, one face each).
 
 `--before REV` compares with the agent package of a git revision in the same run: `git archive` extracts
@@ -151,6 +152,12 @@ def spawn(tree: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, dict]
     return proc, json.loads(line)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def export(rev: str, into: Path) -> Path:
     """The agent/ package of `rev` under `into`, with this tree's models/ beside it."""
     cmd = ["git", "-C", str(ROOT), "archive", rev, "agent"]
@@ -191,18 +198,22 @@ def main() -> None:
             )
             for _, meta in servers.values():
                 measure(meta["port"], bodies, 1, 1.0)  # warm-up
-            results: dict[str, dict[int, tuple[float, float, float, int]]] = {n: {} for n in servers}
+            results: dict[str, dict[int, tuple[float, ...]]] = {n: {} for n in servers}
             for clients in [int(c) for c in args.clients.split(",")]:
                 runs: dict[str, list] = {n: [] for n in servers}
                 for _ in range(args.rounds):  # alternate: both see the same drift
-                    for name, (_, meta) in servers.items():
-                        runs[name].append(measure(meta["port"], bodies, clients, args.seconds))
+                    for name, (proc, meta) in servers.items():
+                        cpu0 = cpu_seconds(proc.pid)
+                        r = measure(meta["port"], bodies, clients, args.seconds)
+                        per_request = (cpu_seconds(proc.pid) - cpu0) / max(1.0, r[0] * args.seconds)
+                        runs[name].append((*r, 1000 * per_request))
                 for name, rs in runs.items():
                     results[name][clients] = (
                         statistics.median(r[0] for r in rs),
                         statistics.median(r[1] for r in rs),
                         statistics.median(r[2] for r in rs),
                         sum(r[3] for r in rs),
+                        statistics.median(r[4] for r in rs),
                     )
             report(results)
         finally:
@@ -211,16 +222,16 @@ def main() -> None:
                 proc.wait(60)
 
 
-def report(results: dict[str, dict[int, tuple[float, float, float, int]]]) -> None:
+def report(results: dict[str, dict[int, tuple[float, ...]]]) -> None:
     names = list(results)
     for name in names:
         base = None
         print(name)
-        for clients, (rps, p50, p99, errors) in results[name].items():
+        for clients, (rps, p50, p99, errors, cpu) in results[name].items():
             base = base or rps
             print(
                 f"  clients {clients:2d}: {rps:6.1f} req/s (x{rps / base:.2f})  p50 {p50:6.1f} ms  "
-                f"p99 {p99:6.1f} ms  non-200 {errors}"
+                f"p99 {p99:6.1f} ms  server CPU {cpu:5.1f} ms/request  non-200 {errors:.0f}"
             )
     if len(names) == 2:
         before, after = results[names[0]], results[names[1]]
@@ -228,6 +239,7 @@ def report(results: dict[str, dict[int, tuple[float, float, float, int]]]) -> No
         for clients in before:
             b, a = before[clients], after[clients]
             ratios = f"req/s x{a[0] / b[0]:.3f}  p50 x{a[1] / b[1]:.3f}  p99 x{a[2] / b[2]:.3f}"
+            ratios += f"  CPU/request x{a[4] / b[4]:.3f}"
             print(f"  clients {clients:2d}: {ratios}")
 
 

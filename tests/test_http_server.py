@@ -169,3 +169,53 @@ def test_serve_answers_health_routes_beside_the_api(tmp_path):
         stop.set()
         thread.join(60)
     assert result == [0]
+
+
+def test_a_body_trickled_slower_than_the_minimum_rate_is_cut(run):
+    """A byte every 0.4 s never lets a 1 s read timeout fire; the body's own deadline (1 s + length at
+    32 KiB/s) does, without an answer."""
+    with socket.create_connection(("127.0.0.1", run.server.port), timeout=10) as s:
+        s.sendall(b"POST /api/v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        s.sendall(b"Content-Length: 100\r\n\r\n")
+        t0, cut = time.monotonic(), False
+        for _ in range(20):
+            try:
+                s.sendall(b" ")
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.4)  # the client's pace, not a synchronisation
+        if not cut:
+            try:
+                data, _ = _until_closed(s, 5)
+            except ConnectionResetError:
+                data = b""
+            assert data == b""
+        assert time.monotonic() - t0 < 6
+    assert call(run, "GET", "/api/v1/health").status == 200
+
+
+def test_a_client_that_does_not_read_its_answers_is_cut_and_frees_its_slot(tmp_path):
+    r = start(tmp_path, max_handlers=1, socket_timeout_s=1.0)
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small: the server's writes block soon
+        s.connect(("127.0.0.1", r.server.port))
+        s.settimeout(10)
+        s.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 400)  # pipelined, never read
+        t0, busy = time.monotonic(), 0
+        while True:  # held while the server writes; free again once it cut the connection
+            reply = call(r, "GET", "/api/v1/health")
+            if reply.status == 200:
+                break
+            busy += 1
+            assert reply.status == 429 and time.monotonic() - t0 < 8, reply.status
+        try:
+            while s.recv(65536):  # what reached the socket before the cut, then the end
+                pass
+        except ConnectionResetError:
+            pass
+        s.close()
+        assert busy >= 1 and r.server.refused_connections == busy
+    finally:
+        r.close()

@@ -3,8 +3,8 @@
 Limits, in the order a request meets them (connections, heads and TLS handshakes: agent/ops/http.py):
 - the body size comes from Content-Length and is refused (413, the family's format) before any of it is
   read; chunked bodies are refused (411) because their size is unknown up front;
-- every read of the body waits at most `socket_timeout_s`; a client that stalls mid-body is dropped without
-  an answer (nobody reads it), and its slot is free at once;
+- every read of the body waits at most `socket_timeout_s` (and the whole body has a deadline, see
+  agent/ops/http.py); a client that stalls mid-body is dropped without an answer, its slot free at once;
 - after an early answer the rest of the body is read and dropped (bounded in bytes and time), so a client
   that sends its whole body before reading (requests, http.client) gets the answer, not a reset;
 - handlers are blocking (engine, SQLite): they run in worker threads, at most `max_handlers` at once, and
@@ -94,10 +94,7 @@ class FamiliesApp:
             raise ApiError("body_too_large", f"body of {length} bytes exceeds {limit}")
         chunks, got = [], 0
         while True:
-            try:
-                message = await asyncio.wait_for(receive(), self.config.socket_timeout_s)
-            except asyncio.TimeoutError as exc:
-                raise _Stalled from exc
+            message = await receive()  # bounded by the server (agent/ops/http.py): a stall is a disconnect
             if message["type"] != "http.request":
                 raise _Stalled
             chunks.append(message.get("body", b""))

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CONNECTION = "face_agent.connection"  # scope["extensions"] key of the connection handle
 
 _EARLY_LIMIT = 1024 * 1024
+MIN_BODY_RATE = 32 * 1024  # bytes/s a body must average: 8 MB may take 256 s beyond the socket timeout
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -106,72 +107,106 @@ def _protocol_class() -> type:
             self._busy_app = busy_app
             self._kind: str | None = None
             self._made = False
+            self._raw: asyncio.BaseTransport | None = None  # the TCP transport while TLS is set up
             self._timer: asyncio.TimerHandle | None = None
             self._armed: object = None
             self._handle: ConnectionHandle | None = None
             self._early = b""  # bytes decrypted in the handshake's last read, before start_tls returned
+            self._body_cycle: object = None  # the request whose body deadline is `_body_deadline`
+            self._body_deadline = 0.0
+
+        def _timeout(self) -> float:
+            limits = self._gate.limits
+            return limits.socket_timeout_s if self._kind != "busy" else limits.busy_timeout_s
 
         # -- connection ----------------------------------------------------------------------------------
         def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
             self._kind = self._gate.admit()
             if self._kind is None:
-                transport.close()
+                transport.abort()  # type: ignore[attr-defined]
                 return
-            limits = self._gate.limits
-            timeout = limits.socket_timeout_s if self._kind == "slot" else limits.busy_timeout_s
             if self._tls is None:
-                self._accept(transport, timeout)  # type: ignore[arg-type]
+                self._accept(transport)  # type: ignore[arg-type]
             else:  # nothing reaches h11 before the handshake: start_tls takes the bytes from here on
+                self._raw = transport
                 transport.pause_reading()  # type: ignore[attr-defined]
-                self.loop.create_task(self._handshake(transport, timeout))  # type: ignore[arg-type]
+                self.loop.create_task(self._handshake(transport))  # type: ignore[arg-type]
 
-        async def _handshake(self, transport: asyncio.Transport, timeout: float) -> None:
+        async def _handshake(self, transport: asyncio.Transport) -> None:
+            timeout = self._timeout()
             try:
                 secure = await self.loop.start_tls(
-                    transport, self, self._tls, server_side=True, ssl_handshake_timeout=timeout
+                    transport,
+                    self,
+                    self._tls,
+                    server_side=True,
+                    ssl_handshake_timeout=timeout,
+                    ssl_shutdown_timeout=timeout,  # a close waits this long for the peer's close_notify
                 )
             except Exception as exc:  # timeouts, resets, a client speaking plain HTTP: close, no answer
                 self._gate.handshake_failures += 1
                 log.debug("TLS handshake failed: %s", exc)
                 self._release()
-                transport.close()
+                transport.abort()
                 return
-            if secure is None or secure.is_closing():
+            if secure is None or secure.is_closing() or self._kind is None:
                 self._release()
+                transport.abort()
                 return
-            self._accept(secure, timeout)
+            self._raw = None
+            self._accept(secure)
 
-        def _accept(self, transport: asyncio.Transport, timeout: float) -> None:
+        def _accept(self, transport: asyncio.Transport) -> None:
             self._made = True
             super().connection_made(transport)
             self._handle = ConnectionHandle(self, busy=self._kind == "busy")
             self.app = self._busy_app if self._kind == "busy" else self._target
             self.app = functools.partial(self._run, self.app)
-            self._arm(timeout)
+            self._arm()
             if self._early:
                 early, self._early = self._early, b""
                 self.data_received(early)
 
         async def _run(self, app: ASGIApp, scope: Scope, receive: Any, send: Any) -> None:
-            """Every application's reads and writes within the socket timeout (the console's forms as much
-            as the families' bodies); past it the connection is dropped and the app sees a disconnect."""
+            """Every application's body reads and answer writes bounded in time (the console's forms as much
+            as the families' bodies); past the bound the connection is cut and the app sees a disconnect.
+            Timers, not wait_for: no task per read or write."""
             scope.setdefault("extensions", {})[CONNECTION] = self._handle
-            timeout = self._gate.limits.socket_timeout_s
+            cycle = self.cycle
 
             async def bounded_receive() -> Any:
+                if not cycle.more_body and not cycle.body:  # body complete: only a disconnect can come
+                    return await receive()
+                cut = self.loop.call_later(self._read_wait(cycle), self.drop)
                 try:
-                    return await asyncio.wait_for(receive(), timeout)
-                except asyncio.TimeoutError:
-                    self.drop()
-                    return {"type": "http.disconnect"}
+                    return await receive()
+                finally:
+                    cut.cancel()
 
             async def bounded_send(message: Any) -> None:
+                if not self.flow.write_paused:  # uvicorn's send awaits only while writing is paused
+                    await send(message)
+                    return
+                cut = self.loop.call_later(self._timeout(), self.drop)  # a client not reading its answer
                 try:
-                    await asyncio.wait_for(send(message), timeout)
-                except asyncio.TimeoutError:  # a client that does not read its answer
-                    self.drop()
+                    await send(message)
+                finally:
+                    cut.cancel()
 
             await app(scope, bounded_receive, bounded_send)
+
+        def _read_wait(self, cycle: Any) -> float:
+            """At most the socket timeout per read, and the whole body by socket timeout + length / MIN_RATE:
+            a client trickling a byte every few seconds is cut too."""
+            now = self.loop.time()
+            if self._body_cycle is not cycle:
+                self._body_cycle = cycle
+                length = 0
+                for name, value in cycle.scope["headers"]:
+                    if name == b"content-length" and value.isdigit():
+                        length = int(value)
+                self._body_deadline = now + self._timeout() + length / MIN_BODY_RATE
+            return max(0.0, min(self._timeout(), self._body_deadline - now))
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._release()
@@ -185,23 +220,30 @@ def _protocol_class() -> type:
             self._kind = None
 
         def drop(self) -> None:
+            """Cut the connection now (abort: a close would wait for a client that does not read)."""
             self._release()
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.close()
+            transport = self.transport if self._made else self._raw
+            if transport is not None:
+                transport.abort()
 
         def shutdown(self) -> None:
-            # uvicorn closes an idle connection at shutdown; over TLS a close waits for the peer's
-            # close_notify (30 s), so an idle one is cut (its write buffer is empty: nothing is lost).
-            if self._tls is not None and (self.cycle is None or self.cycle.response_complete):
-                self.transport.abort()
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self.transport.get_write_buffer_size() == 0:
+                self.transport.abort()  # nothing left to send; over TLS a close would wait for the peer
                 return
             super().shutdown()
+
+        def timeout_keep_alive_handler(self) -> None:
+            # uvicorn's idle timer: cut (as our own deadline does), so the slot is free at once over TLS too
+            if not self.transport.is_closing():
+                self.drop()
 
         # -- request heads -------------------------------------------------------------------------------
         def data_received(self, data: bytes) -> None:
             if not self._made:
                 self._early += data
                 if len(self._early) > _EARLY_LIMIT:
+                    self._early = b""
                     self.drop()
                 return
             try:
@@ -213,17 +255,18 @@ def _protocol_class() -> type:
                     self.transport.close()
 
         def on_response_complete(self) -> None:
+            if self.transport.is_closing():  # answered with Connection: close: bound the flush
+                self.loop.call_later(self._timeout(), self.drop)
             super().on_response_complete()
             if not self.transport.is_closing():
-                limits = self._gate.limits
-                self._arm(limits.socket_timeout_s if self._kind == "slot" else limits.busy_timeout_s)
+                self._arm()
 
-        def _arm(self, timeout: float) -> None:
-            """Close unless a new request head has arrived within `timeout` (idle or partial heads alike)."""
+        def _arm(self) -> None:
+            """Close unless a new request head has arrived in time (idle or partial heads alike)."""
             if self._timer is not None:
                 self._timer.cancel()
             self._armed = self.cycle
-            self._timer = self.loop.call_later(timeout, self._head_deadline)
+            self._timer = self.loop.call_later(self._timeout(), self._head_deadline)
 
         def _head_deadline(self) -> None:
             self._timer = None
@@ -301,6 +344,8 @@ class HttpServer:
             server_header=False,
             date_header=True,
             timeout_keep_alive=max(1, int(self.limits.socket_timeout_s)),
+            proxy_headers=False,  # the socket's peer is the client: no X-Forwarded-For is trusted
+            forwarded_allow_ips=[],
             timeout_graceful_shutdown=5,
             ws="none",
             backlog=self.backlog,
