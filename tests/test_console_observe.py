@@ -58,3 +58,56 @@ def test_observer_shows_faces_and_stays_bounded(agent_engine, agent_thresholds, 
     (one,) = cluster(recent, ScoreMap(agent_thresholds).cosine(FAR_SCORES["1e-3"]))
     assert len(one.faces) == 3
     assert observer.discard([recent[0].id]) == 1 and len(observer.recent()) == 2
+
+
+def test_an_erased_person_leaves_nothing_behind(agent_engine, data_dir: Path) -> None:
+    """A track decided as a person after that person was erased (its match made before the erasure reached
+    the camera loop) records no face and shows no name; other persons still do; the tombstones are bounded."""
+    from agent.gallery.matcher import Candidate
+    from agent.recognition.observe import ERASED_MAX
+
+    pixels = cv2.imread(str(data_dir / LIN_PHOTO))
+    emb = agent_engine.analyze(pixels, max_faces=1)[0]
+    settings = TrackerSettings(unknown_after_frames=50, min_track_frames=1, track_timeout_s=1.0)
+    answer: list[Candidate | None] = [None]
+    tracker = FaceTracker(settings, match=lambda vector: answer[0])
+    observer = FrameObserver()
+
+    def person(outer_id: str) -> Candidate:
+        return Candidate(f"p-{outer_id}", outer_id, f"info of {outer_id}", "door", f"f-{outer_id}", 0.9, 95.0)
+
+    clock, seq = 0.0, 0
+
+    def appearance(frames: int, between=None) -> None:  # noqa: ANN001
+        nonlocal clock, seq
+        clock += 10.0  # past the track timeout: a new track
+        events = tracker.update([], clock)
+        observer.observe("door", Frame("door", seq, pixels, time.time(), clock), [], tracker, events)
+        for i in range(frames):
+            if i == 1 and between is not None:
+                between()
+            seq += 1
+            clock += 0.1
+            obs = Observation(emb.face.box, emb.vector, 0.9, True, 0.9, "HIGH", face=emb.face)
+            events = tracker.update([obs], clock, pixels)
+            observer.observe("door", Frame("door", seq, pixels, time.time(), clock), [obs], tracker, events)
+
+    # First frame: no match yet. Then the person is erased, and the next match (already made) names them.
+    def erase_then_match() -> None:
+        assert observer.forget_person("door", "erased") == 0
+        answer[0] = person("erased")
+
+    appearance(4, erase_then_match)
+    assert [r.person_id for r in observer.recent()] == []
+    (det,) = observer.views()[0].detections
+    assert det.person_id is None and det.user_info is None and det.state != "known"
+    assert not observer._cams["door"].best  # noqa: SLF001 (no crop of the erased person kept)
+    # Another person is still recorded and named.
+    answer[0] = person("kept")
+    appearance(3)
+    assert [r.person_id for r in observer.recent()] == ["kept"]
+    assert observer.views()[0].detections[0].person_id == "kept"
+    # The tombstones are bounded.
+    for i in range(ERASED_MAX + 50):
+        observer.forget_person("door", f"gone-{i}")
+    assert len(observer._erased) == ERASED_MAX  # noqa: SLF001 (the bound is the point)

@@ -31,11 +31,13 @@ from console_support import (
 
 from agent.console import ConsoleDeps, build_console
 from agent.console.config import ConsoleConfig
+from agent.console.limits import ANONYMOUS_BODY
 from agent.console.passwords import read_hash, verify_password
-from agent.console.security import LoginLimiter
+from agent.console.security import LoginLimiter, loopback_host
 from agent.console.status import mask
 from agent.errors import ConfigError
 from agent.gallery import NewFace
+from agent.ops.redact import scrub
 
 WINDOW_S = 4.0  # the login window of the agent under test: short, so "until the window passes" is testable
 STALL_S = 2.0  # the API's socket timeout here: a body stalled this long is dropped
@@ -356,6 +358,13 @@ def test_loopback_without_login_only_when_configured(agent, agent_engine, tmp_pa
         # A page of another site reaching 127.0.0.1 through DNS rebinding names its own host: no exemption.
         rebound = Client(run.port, host=f"evil.example:{run.port}")
         assert redirect_path(rebound.get("/console/people")) == "/console/login"
+        # ... also a name that merely starts like a loopback address (its owner decides what it resolves to).
+        port = run.port
+        for host in (f"127.attacker.example:{port}", "127.attacker.example", f"localhost.evil:{port}"):
+            reply = Client(run.port, host=host).get("/console/people")
+            assert redirect_path(reply) == "/console/login", host
+        for host in (f"localhost:{run.port}", f"127.0.0.1:{run.port}", f"[::1]:{run.port}", "127.0.0.1"):
+            assert Client(run.port, host=host).get("/console/people").status == 200, host
         # Changes still need the page's CSRF token and this origin.
         fields = {"group_id": "door"}
         assert local.post_form("/console/people/add-group", {"group_id": "g2"}).status == 403
@@ -414,3 +423,168 @@ def test_a_stalled_body_is_dropped_not_held(agent) -> None:
             data = b""
         assert data == b"" and time.monotonic() - started < 5 * STALL_S
     assert client(agent, 37).get("/console/login").status == 200  # and the server still serves
+
+
+def test_loopback_host_accepts_only_loopback_literals_and_localhost() -> None:
+    good = ["localhost", "localhost:8080", "127.0.0.1", "127.0.0.1:8080", "127.9.9.9:1", "[::1]", "[::1]:80"]
+    bad = ["127.attacker.example", "127.attacker.example:80", "127.0.0.1.evil:80", "localhost.evil"]
+    bad += ["[::1]x", "[fe80::1]:80", "127.0.0.1:x", "", "evil.example:8080"]
+    assert [h for h in good if not loopback_host(h)] == [] and [h for h in bad if loopback_host(h)] == []
+
+
+def _first_answer(port: int, head: str, timeout: float) -> bytes:
+    """Send `head` (a request head announcing a body that never comes) and return the answer's head and body
+    (by its Content-Length), or what came before the server closed."""
+    got = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head.encode())
+        try:
+            while True:
+                top, sep, rest = got.partition(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length: *(\d+)", top) if sep else None
+                if length and len(rest) >= int(length.group(1)):
+                    return got
+                data = sock.recv(65536)
+                if not data:
+                    return got
+                got += data
+        except (ConnectionResetError, TimeoutError):
+            return got
+
+
+def test_a_body_without_a_session_is_refused_before_it_is_read(agent) -> None:
+    """Without a session a POST may carry a login form, not an upload: refused from its Content-Length,
+    without waiting for (or buffering) any of it."""
+    port = agent.api.port
+    head = (
+        f"POST /console/login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    answer = _first_answer(port, head, 10 * STALL_S)  # within the server's body timeout: nothing was read
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"log in first" in answer and b"x-frame-options: DENY" in answer
+    # Over the small limit, sent whole: the answer, for an upload too.
+    anonymous = client(agent, 50)
+    reply = anonymous.post_form("/console/login", {"password": "x" * (ANONYMOUS_BODY + 10)})
+    assert reply.status == 413 and reply.headers["x-frame-options"] == "DENY"
+    reply = anonymous.post_multipart("/console/people/add", {}, [("photos", "a.jpg", b"\0" * 100_000)])
+    assert reply.status == 413
+    # With a session the upload limit applies: the same 100 KB reaches the form (and is refused as no photo).
+    c = logged_in(agent, 51)
+    fields = {"csrf": c.csrf(), "group_id": "door", "outer_id": "body-test"}
+    reply = c.post_multipart("/console/people/add", fields, [("photos", "a.jpg", b"\0" * 100_000)])
+    assert reply.status == 303
+    assert "body-test" not in [p.outer_id for p in agent.gallery.list_persons("door")]
+    # A login form is well under the small limit.
+    assert client(agent, 52).login().status == 303
+
+
+def test_a_refused_body_sent_whole_gets_its_answer(agent) -> None:
+    """http.client sends the whole body before it reads: the refusal waits for the body, then answers."""
+    big = b"\0" * 30_000_000
+    c = logged_in(agent, 53)
+    reply = c.request("POST", "/console/people/add", big, {"Content-Type": "application/octet-stream"})
+    assert reply.status == 413 and b"larger than 2000000" in reply.body
+    assert reply.headers["content-security-policy"].startswith("default-src 'none'")
+    reply = client(agent, 54).request("POST", "/console/login", big, {"Content-Type": "text/plain"})
+    assert reply.status == 413 and reply.headers["x-content-type-options"] == "nosniff"
+    assert client(agent, 55).get("/console/login").status == 200
+
+
+SOURCES = [  # (what the config or an error says, what the console shows)
+    (
+        "rtspsrc location=rtsp://admin:S3cret@host/x ! appsink",
+        "rtspsrc location=rtsp://admin:***@host/x ! appsink",
+    ),
+    ("http://cam/snapshot.cgi?user=admin&pwd=S3cret", "http://cam/snapshot.cgi?user=***&pwd=***"),
+    ("rtsp://admin:p@ss/w0rd@host", "rtsp://admin:***@host"),
+    (
+        "cannot open stream 'rtsp://admin:pw@10.1.2.3/live'",
+        "cannot open stream 'rtsp://admin:***@10.1.2.3/live'",
+    ),
+    ("postgresql://hub:hunter2@db/faces", "postgresql://hub:***@db/faces"),
+    ("rtsp://t0ken-only@cam/x", "rtsp://***@cam/x"),
+    (
+        "rtspsrc location=rtsp://cam/x user-id=admin user-pw=S3cret ! appsink",
+        "rtspsrc location=rtsp://cam/x user-id=*** user-pw=*** ! appsink",
+    ),
+    ("http://cam/a.mjpg?res=640&api_key=S3cret&fps=5", "http://cam/a.mjpg?res=640&api_key=***&fps=5"),
+    ("/dev/video0", "/dev/video0"),
+    ("rtsp://cam.local:554/stream1", "rtsp://cam.local:554/stream1"),
+]
+LEAKS = ("S3cret", "p@ss", "w0rd", "admin:pw", "hunter2", "t0ken")
+
+
+def test_the_scrubber_masks_credentials_anywhere_in_a_string() -> None:
+    for text, shown in SOURCES:
+        assert scrub(text) == shown, text
+
+
+def test_camera_credentials_reach_no_console_page(agent_engine, tmp_path: Path) -> None:
+    from agent.recognition.observe import FrameObserver
+
+    run = start_console(agent_engine, tmp_path, observer=FrameObserver())
+    sources = [text for text, _ in SOURCES]
+    run.deps.config_in_force = lambda: {
+        "cameras": [{"id": f"cam{i}", "source": s} for i, s in enumerate(sources)],
+        "sync": {"hub_url": "https://edge:S3cret@hub.example/api"},
+        "notes": ["rtsp://admin:p@ss/w0rd@host"],
+    }
+    error = "camera cam0: cannot open stream 'rtsp://admin:pw@10.1.2.3/live?token=S3cret'"
+    run.deps.stats = lambda: {"cameras": {"cam0": {"state": "reconnecting", "last_error": error}}}
+    try:
+        c = Client(run.port)
+        assert c.login().status == 303
+        status = c.get("/console/status")
+        assert status.status == 200 and "rtspsrc location=rtsp://admin:***@host/x" in status.text
+        live = c.get("/console/live/cameras.json")
+        health = json.loads(live.body)["cameras"]["cam0"]["health"]
+        assert (
+            health["last_error"]
+            == "camera cam0: cannot open stream 'rtsp://admin:***@10.1.2.3/live?token=***'"
+        )
+        for reply in (status, live, c.get("/console/live")):
+            for leak in LEAKS:
+                assert leak not in reply.text, (leak, reply.text[:2000])
+    finally:
+        run.close()
+
+
+def test_a_stream_that_fails_to_open_is_named_without_its_credentials() -> None:
+    from agent.capture.sources import OpenCVSource
+    from agent.config import CameraConfig
+    from agent.errors import TransientError
+
+    with socket.socket() as free:  # a port nobody listens on: the open is refused at once
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    url = f"rtsp://admin:p@ss/w0rd@127.0.0.1:{port}/x?pwd=S3cret"
+    source = OpenCVSource(CameraConfig(id="door", source=url, open_timeout_s=5), "stream")
+    with pytest.raises(TransientError) as caught:
+        source.open()
+    message = str(caught.value)
+    assert "cannot open stream" in message and "***" in message
+    for leak in LEAKS:
+        assert leak not in message, message
+
+
+def test_a_thumbnail_of_another_type_is_a_download(agent) -> None:
+    agent.gallery.create_group(group_id="thumbs")
+    try:
+        face_id = agent.gallery.faces_of_person("door", "secret-person")[0].face_id
+        vector = agent.gallery.get_embedding(face_id)
+        svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+        faces = [
+            NewFace("svg", vector, agent.engine.model_id, 0.9, None, svg, "svg+xml"),
+            NewFace("png", vector, agent.engine.model_id, 0.9, None, b"\x89PNG\r\n", "png"),
+            NewFace("html", vector, agent.engine.model_id, 0.9, None, b"<html>", "HTML"),
+        ]
+        ids = [f.face_id for f in agent.gallery.add_faces("thumbs", faces)]
+        c = logged_in(agent, 56)
+        for face_id in (ids[0], ids[2]):
+            reply = c.get(f"/console/faces/{face_id}/thumb.jpg")
+            assert reply.status == 200 and reply.headers["content-type"] == "application/octet-stream"
+            assert reply.headers["content-disposition"].startswith("attachment")
+        assert c.get(f"/console/faces/{ids[1]}/thumb.jpg").headers["content-type"] == "image/png"
+    finally:
+        agent.gallery.delete_group("thumbs")

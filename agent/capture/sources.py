@@ -18,6 +18,7 @@ import numpy as np
 
 from agent.config import CameraConfig
 from agent.errors import ConfigError, DeviceError, TransientError
+from agent.ops.redact import scrub
 from agent.types import DepthFrame, IrFrame
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,10 @@ class OpenCVSource:
         cap = cv2.VideoCapture(target, api, params)
         if not cap.isOpened():
             cap.release()
-            raise TransientError(
-                f"camera {self.name}: cannot open {self.kind} {target!r}", code="source_open"
-            )
+            # Named without credentials (the URL's user part, credential parameters): this text reaches
+            # logs and the console.
+            shown = scrub(target) if isinstance(target, str) else target
+            raise TransientError(f"camera {self.name}: cannot open {self.kind} {shown!r}", code="source_open")
         if self.kind == "device":
             if self._cfg.width:
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._cfg.width)

@@ -40,4 +40,4 @@ def build_console(deps: ConsoleDeps) -> ASGIApp:
     ]
     app = Starlette(routes=routes)
     app.state.console = console
-    return Limits(app, deps.config.max_upload_bytes, deps.api.socket_timeout_s)
+    return Limits(app, deps.config.max_upload_bytes, deps.api.socket_timeout_s, session_of=console.session_of)

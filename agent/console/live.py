@@ -9,10 +9,12 @@ from starlette.responses import PlainTextResponse, Response
 
 from agent.console.security import Session
 from agent.console.web import Console, json_no_store
+from agent.ops.redact import scrub
 
 
 def _cameras(console: Console) -> dict[str, Any]:
-    """Per camera: the latest view and the pipeline's health numbers (state, fps, drops)."""
+    """Per camera: the latest view and the pipeline's health numbers (state, fps, drops, last error scrubbed
+    of credentials)."""
     obs, stats = console.deps.observer, console.deps.stats
     health: dict[str, Any] = dict((stats() if stats is not None else {}).get("cameras", {}))
     out: dict[str, Any] = {}
@@ -28,6 +30,9 @@ def _cameras(console: Console) -> dict[str, Any]:
         entry = out.setdefault(cam_id, {"seq": None, "faces": []})
         keys = ("state", "fps", "processed", "faces", "tracks", "reconnects", "last_error")
         entry["health"] = {k: h.get(k) for k in keys}
+        error = entry["health"]["last_error"]
+        if error is not None:  # e.g. a stream that failed to open, named with its URL: no credentials shown
+            entry["health"]["last_error"] = scrub(str(error))
     return out
 
 

@@ -18,6 +18,10 @@ MAX_ID = 256
 MAX_INFO = 65536
 
 
+# The image types a thumbnail is served as; anything else is a download (no SVG with script, no HTML).
+THUMB_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
 def field(form: FormData, name: str, required: bool = True, max_len: int = MAX_ID) -> str:
     """A text field of the form, stripped; a missing required or an overlong one is an InputError."""
     value = form.get(name)
@@ -69,7 +73,11 @@ async def thumbnail(request: Request, console: Console, session: Session) -> Res
     if found is None:
         return PlainTextResponse("this face has no thumbnail", status_code=404)
     fmt, data = found
-    return Response(data, media_type=f"image/{fmt or 'jpeg'}", headers={"Cache-Control": "no-store"})
+    media = THUMB_TYPES.get(str(fmt or "jpeg").lower())
+    if media is None:  # gallery data (maybe a hub's mirror) names another type: never rendered as a page
+        headers = {"Cache-Control": "no-store", "Content-Disposition": 'attachment; filename="thumbnail.bin"'}
+        return Response(data, media_type="application/octet-stream", headers=headers)
+    return Response(data, media_type=media, headers={"Cache-Control": "no-store"})
 
 
 def _to_group(request: Request, group_id: str) -> RedirectResponse:

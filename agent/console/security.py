@@ -16,6 +16,7 @@ expiry really end it. No library in the project's dependencies offers a bounded 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -156,6 +157,22 @@ def same_origin(headers: dict[str, str], scheme: str) -> bool:
 
 def loopback_host(host_header: str) -> bool:
     """A Host header naming this machine by a loopback name: the loopback exemption requires it, so a page
-    on another site cannot reach the console through DNS rebinding (its Host would be that site's name)."""
-    host = host_header.rsplit(":", 1)[0] if not host_header.startswith("[") else host_header[1:].split("]")[0]
-    return host in ("localhost", "::1") or host.startswith("127.")
+    on another site cannot reach the console through DNS rebinding (its Host would be that site's name).
+    Only `localhost` itself or a loopback IP literal (`127.0.0.1`, `[::1]`, with or without a port): a
+    name such as `127.attacker.example` is a name, and whoever owns it decides what it resolves to."""
+    host = host_header.strip()
+    if host.startswith("["):  # [v6]:port
+        v6, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not (port.startswith(":") and port[1:].isdigit())):
+            return False
+        host = v6
+    elif host.count(":") == 1:  # name:port or v4:port
+        host, _, port = host.partition(":")
+        if not port.isdigit():
+            return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,8 +1,9 @@
 """Status page: model, gallery sizes, outbox and MQTT, sync, disk, and the config in force (masked).
 
 The config holds no secret values itself (API, MQTT and sync secrets are files or systemd credentials it
-names), but a PostgreSQL DSN may carry a password, and a future field might: every value under a key that
-names a password, secret, token or key is masked, and every URL loses its password (agent.gallery.db.masked).
+names), but a PostgreSQL DSN may carry a password, a camera source (URL or GStreamer pipeline) may carry
+the camera's, and a future field might: every value under a key that names a password, secret, token or key
+is masked, and every string on the page (config and state alike) goes through agent/ops/redact.py.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from starlette.responses import Response
 
 from agent.console.security import Session
 from agent.console.web import Console
-from agent.gallery.db import masked
+from agent.ops.redact import MASK, scrub, scrub_all
 
 SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|(^|_)key(s)?($|_)|credential|dsn", re.IGNORECASE)
-URL_WITH_USER = re.compile(r"^[a-z][a-z0-9+.-]*://[^/]*@", re.IGNORECASE)
-MASK = "***"
 
 
 def mask(value: Any, key: str = "") -> Any:
@@ -32,9 +31,7 @@ def mask(value: Any, key: str = "") -> Any:
         return [mask(v, key) for v in value]
     if value is not None and SECRET_KEY.search(key):
         return MASK
-    if isinstance(value, str) and URL_WITH_USER.match(value):
-        return masked(value)
-    return value
+    return scrub(value) if isinstance(value, str) else value
 
 
 def _gallery(console: Console) -> list[dict[str, Any]]:
@@ -63,24 +60,26 @@ def collect(console: Console) -> dict[str, Any]:
     deps, engine, scores = console.deps, console.ctx.engine, console.ctx.scores
     sink = dict(deps.sink_stats()) if deps.sink_stats is not None else None
     cfg = engine.config
-    return {
-        "model": {
-            "model_id": console.ctx.model_id,
-            "detector": cfg.detector.model,
-            "embedder": cfg.embedder.model,
-            "precision": cfg.embedder.precision,
-            "runtime": cfg.runtime.kind,
-        },
-        "thresholds": {far: round(float(scores.cosine(s)), 4) for far, s in scores.thresholds().items()},
-        "gallery": _gallery(console),
-        "mqtt": None if sink is None else {k: v for k, v in sink.items() if k != "outbox"},
-        "outbox": None if sink is None else sink.get("outbox"),
-        "sync": dict(deps.sync_status()) if deps.sync_status is not None else None,
-        "pipeline": _pipeline(deps.stats() if deps.stats is not None else None),
-        "disk": _disk(console),
-        "engine_gate_rejected": console.ctx.gate.rejected,
-        "config": mask(dict(deps.config_in_force())) if deps.config_in_force is not None else None,
-    }
+    return scrub_all(
+        {
+            "model": {
+                "model_id": console.ctx.model_id,
+                "detector": cfg.detector.model,
+                "embedder": cfg.embedder.model,
+                "precision": cfg.embedder.precision,
+                "runtime": cfg.runtime.kind,
+            },
+            "thresholds": {far: round(float(scores.cosine(s)), 4) for far, s in scores.thresholds().items()},
+            "gallery": _gallery(console),
+            "mqtt": None if sink is None else {k: v for k, v in sink.items() if k != "outbox"},
+            "outbox": None if sink is None else sink.get("outbox"),
+            "sync": dict(deps.sync_status()) if deps.sync_status is not None else None,
+            "pipeline": _pipeline(deps.stats() if deps.stats is not None else None),
+            "disk": _disk(console),
+            "engine_gate_rejected": console.ctx.gate.rejected,
+            "config": mask(dict(deps.config_in_force())) if deps.config_in_force is not None else None,
+        }
+    )
 
 
 def _pipeline(stats: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -10,10 +10,17 @@ Per track the observer keeps the crop of its best-quality usable face; when the 
 (a known or unknown event) that crop, its embedding and the match become one `RecentFace`. Crops carry a
 margin around the face (1.5 face sizes each side: the detector is as sure of the face in the crop as in
 the frame; with 0.5 it often is not) so they can be enrolled again through the full detect + quality gate.
+
+Erasing a person (`forget_person`) drops their faces from the ring and leaves a tombstone: a bounded set
+(the last `ERASED_MAX` erasures) of (group, person id), each kept `ERASED_TTL_S` and for as long as a track
+still decided as that person is seen. Until it goes, a decision naming that person is not recorded (a
+track decided from a match made before the erasure, or ending after it) and the live view shows such a
+track's face without the name; the track's best crop is not kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -31,6 +38,8 @@ from agent.recognition.tracking import FaceTracker, Observation, Track, TrackEve
 # track after it ends (track_timeout_s, 1 s by default), short enough that an erased person's face does not
 # linger in memory.
 BEST_TTL_S = 30.0
+ERASED_TTL_S = 300.0
+ERASED_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,7 @@ class FrameObserver:
         self._max_frame = max_frame_side
         self._quality = jpeg_quality
         self.recorded = 0  # faces ever put in the ring (the oldest fall out)
+        self._erased: OrderedDict[tuple[str, str], float] = OrderedDict()  # (group, person) -> expiry
 
     # -- the camera loop (recognition threads) -------------------------------------------------------------
 
@@ -146,19 +156,52 @@ class FrameObserver:
         """One analysed frame: its faces (after `tracker.update`) and the events the update decided."""
         pixels = frame.pixels
         tracks = _tracks_of(tracker, observations)
-        detections = tuple(_detection(o, t) for o, t in zip(observations, tracks, strict=True))
+        erased = self._erased_tracks(tracks)
+        detections = tuple(
+            _nameless(_detection(o, t)) if t is not None and t.id in erased else _detection(o, t)
+            for o, t in zip(observations, tracks, strict=True)
+        )
         h, w = pixels.shape[:2]
         view = LiveView(camera_id, frame.seq, frame.captured_at, w, h, detections)
         cam = self._camera(camera_id)
         for obs, track in zip(observations, tracks, strict=True):
-            if track is not None and obs.usable and obs.vector is not None:
+            if track is not None and track.id in erased:
+                cam.best.pop(track.id, None)
+            elif track is not None and obs.usable and obs.vector is not None:
                 self._keep_best(cam, track.id, obs, pixels)
+        events = [ev for ev in events if ev.track_id not in erased and not self._is_erased(ev.candidate)]
         recent = [r for ev in events if (r := self._recent_face(cam, camera_id, ev, pixels)) is not None]
         _forget_old(cam.best, time.monotonic() - BEST_TTL_S)
         with self._lock:
+            # Checked again under the lock: an erasure between the checks above and here still holds.
+            recent = [r for r in recent if (r.group_id or "", r.person_id or "") not in self._erased]
             cam.frames.append((view, pixels))
             self._recent.extend(recent)
             self.recorded += len(recent)
+
+    def _erased_tracks(self, tracks: Sequence[Track | None]) -> set[int]:
+        """Ids of the tracks decided as an erased person; each such track keeps its tombstone alive."""
+        now = time.monotonic()
+        with self._lock:
+            while self._erased and next(iter(self._erased.values())) < now:
+                self._erased.popitem(last=False)  # expiry order is insertion order (refreshes move to end)
+            if not self._erased:
+                return set()
+            out = set()
+            for track in tracks:
+                c = track.candidate if track is not None else None
+                key = (c.group_id, c.outer_id) if c is not None else None
+                if key is not None and key in self._erased:
+                    out.add(track.id)
+                    self._erased[key] = now + ERASED_TTL_S
+                    self._erased.move_to_end(key)
+            return out
+
+    def _is_erased(self, candidate) -> bool:  # noqa: ANN001 (a Candidate or None)
+        if candidate is None:
+            return False
+        with self._lock:
+            return (candidate.group_id, candidate.outer_id) in self._erased
 
     def _camera(self, camera_id: str) -> _CameraState:
         cam = self._cams.get(camera_id)
@@ -272,7 +315,14 @@ class FrameObserver:
         return self._drop(lambda r: r.id in wanted)
 
     def forget_person(self, group_id: str, outer_id: str) -> int:
-        """Drop every face matched to this person (an erased person leaves no crop behind in memory)."""
+        """Drop every face matched to this person (an erased person leaves no crop behind in memory), and
+        keep their tombstone so that a track already decided as them records nothing more (module doc)."""
+        key = (group_id, outer_id)
+        with self._lock:
+            self._erased.pop(key, None)
+            self._erased[key] = time.monotonic() + ERASED_TTL_S
+            while len(self._erased) > ERASED_MAX:
+                self._erased.popitem(last=False)
         return self._drop(lambda r: r.person_id == outer_id and r.group_id == group_id)
 
     def _drop(self, doomed) -> int:  # noqa: ANN001 (a predicate on RecentFace)
@@ -287,6 +337,12 @@ def _forget_old(best: OrderedDict[int, _Best], horizon: float) -> None:
     """Drop the crops of tracks unseen since `horizon` (least recently seen first: the dict's order)."""
     while best and next(iter(best.values())).seen < horizon:
         best.popitem(last=False)
+
+
+def _nameless(det: Detection) -> Detection:
+    """A detection of an erased person's track: the face stays on the live view, the name does not."""
+    state = "unknown" if det.state == "known" else det.state
+    return dataclasses.replace(det, state=state, person_id=None, user_info=None, score=None)
 
 
 def _tracks_of(tracker: FaceTracker, observations: Sequence[Observation]) -> list[Track | None]:
