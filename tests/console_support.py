@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import yaml
+from test_api_support import Running as ApiRunning
 
 from agent.api import ApiServer, build_context
 from agent.api.config import ApiConfig
@@ -86,22 +87,12 @@ def start_agent(
 
 
 @dataclass
-class Running:
-    server: ApiServer
-    gallery: Gallery
+class Running(ApiRunning):
     deps: ConsoleDeps
 
     @property
     def port(self) -> int:
         return self.server.port
-
-    @property
-    def ctx(self):
-        return self.server.ctx
-
-    def close(self) -> None:
-        self.server.stop()
-        self.gallery.close()
 
 
 def credentials(tmp: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ Every failure is turned into the calling family's documented error shape.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ from agent.api.common import ApiError, Request, Response, classify, json_respons
 from agent.api.config import ApiConfig
 from agent.api.routes import Family, Router
 from agent.errors import TransientError
-from agent.ops.http import CONNECTION
+from agent.ops.http import CONNECTION, answer_then_drain
 
 log = logging.getLogger(__name__)
 
@@ -140,30 +139,13 @@ async def send_response(
     ]
     if close:
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    start = {"type": "http.response.start", "status": resp.status, "headers": headers}
     waiting = "100-continue" in req.headers.get("expect", "").lower()  # the client holds its body back
     if drain is None or waiting:
+        await send(start)
         await send({"type": "http.response.body", "body": resp.body, "more_body": False})
         return
-    await send({"type": "http.response.body", "body": resp.body, "more_body": True})
-    await _drain(drain, DRAIN_LIMIT, drain_s)
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _drain(receive: Callable, limit: int, seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline, left = loop.time() + seconds, limit
-    while left > 0:
-        wait = deadline - loop.time()
-        if wait <= 0:
-            return
-        try:
-            message = await asyncio.wait_for(receive(), wait)
-        except asyncio.TimeoutError:
-            return
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return
-        left -= len(message.get("body", b""))
+    await answer_then_drain(send, drain, start, resp.body, limit=DRAIN_LIMIT, seconds=drain_s)
 
 
 def busy_app(router: Router) -> Callable:

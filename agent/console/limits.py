@@ -17,7 +17,6 @@ reading gets the answer, not a reset (as agent/api/asgi.py send_response(drain=.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -26,7 +25,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.console.security import SECURITY_HEADERS
-from agent.ops.http import CONNECTION
+from agent.ops.http import CONNECTION, answer_then_drain
 
 DRAIN_LIMIT = 256 * 1024 * 1024
 DRAIN_S = 5.0
@@ -132,13 +131,11 @@ async def _refuse(response: Response, receive: Receive, send: Send, *, drain: bo
     """The refusal, then (with `drain`) the unread rest of the body dropped before the response ends and the
     server closes the connection."""
     start = {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
-    await send(start)
     if not drain:
+        await send(start)
         await send({"type": "http.response.body", "body": response.body, "more_body": False})
         return
-    await send({"type": "http.response.body", "body": response.body, "more_body": True})
-    await _drain(receive, DRAIN_LIMIT, DRAIN_S)
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await answer_then_drain(send, receive, start, response.body, limit=DRAIN_LIMIT, seconds=DRAIN_S)
 
 
 def _secured(send: Send) -> Send:
@@ -156,18 +153,3 @@ def _secured(send: Send) -> Send:
     return send_secured
 
 
-async def _drain(receive: Receive, limit: int, seconds: float) -> None:
-    left, deadline = limit, time.monotonic() + seconds
-    while left > 0:
-        wait = deadline - time.monotonic()
-        if wait <= 0:
-            return
-        try:
-            message = await asyncio.wait_for(receive(), wait)
-        except asyncio.TimeoutError:
-            return
-        if message["type"] != "http.request":
-            return
-        left -= len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return

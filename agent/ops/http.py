@@ -377,6 +377,36 @@ class HttpServer:
         return stopped
 
 
+async def answer_then_drain(
+    send: Callable[[Any], Awaitable[None]],
+    receive: Callable[[], Awaitable[Any]],
+    start: dict[str, Any],
+    body: bytes,
+    *,
+    limit: int,
+    seconds: float,
+) -> None:
+    """An early answer (a refused body, a busy server) whose request body is still on its way: the answer
+    goes out first, then the rest of the body is read and dropped (bounded in bytes and seconds) before the
+    answer ends and the server closes, so a client that sends its whole body before reading (requests,
+    http.client) gets the answer instead of a reset."""
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    loop = asyncio.get_running_loop()
+    deadline, left = loop.time() + seconds, limit
+    while left > 0 and (wait := deadline - loop.time()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), wait)
+        except asyncio.TimeoutError:
+            break
+        if message["type"] != "http.request":
+            break
+        left -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 async def _closing_busy_app(scope: Scope, receive: Any, send: Any) -> None:
     """Default answer beyond max_connections: 503, Retry-After, close."""
     await send(
