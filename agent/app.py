@@ -305,6 +305,7 @@ class AgentApp:
             heartbeat=self._beat,
             stale=self.syncer.is_stale if self.syncer is not None else self._unsynced_mirror,
             observer=self.observer,
+            confirm_far_level=cfg.publish.access.min_far_level if cfg.publish.access.enabled else 0,
         )
         self.metrics.track_queue("events", lambda p=self.pipeline: p.dispatcher.depth)
         self.pipeline.start()

@@ -26,8 +26,8 @@ from liveness_eval import live_tracks  # noqa: E402
 from agent.config import EngineConfig, OnnxRuntimeConfig  # noqa: E402
 from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.gates.blink import BlinkConfig, BlinkDetector  # noqa: E402
-from agent.gates.mesh import open_face_mesh  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
+from agent.inference.mesh import open_face_mesh  # noqa: E402
 from agent.inference.runtime.cpu import cpu_model  # noqa: E402
 
 

@@ -15,12 +15,17 @@ Stages (each can run alone; `all` runs them in order):
              reading the .tflite); for the liveness gate's blink cue. Touches no other model.
   align      fit the dlib chip template for BlazeFace keypoints (scripts/fit_align_template.py) and the
              FaceNet crop, MTCNN's box predicted from BlazeFace's (scripts/fit_facenet_crop.py)
+  mesh-align the dlib chip template for face-mesh points (`align_mesh`, scripts/fit_align_template.py):
+             where the mesh's eye corners and nose bottom land in the keypoint template's chips; needs the
+             mesh and align stages' output, no dlib
   quantize   embedders -> INT8: one ONNX QDQ file per model that both runtimes load (NNCF PTQ on the ONNX
              graph, scripts/quantize.py), calibrated on aligned crops of real faces (--calib-dir, default
              ../shared/data/lfw-devtrain)
   calibrate  similarity thresholds at FAR 1e-3..1e-6 and a far_curve (1e-2..1e-7, half decades) from the
              impostor pairs of lfw-devtrain, per embedding space: variant, runtime, and without / with flip
-             test-time augmentation (thresholds keys `openvino`, `openvino+flip`, ...). Writes no model file.
+             test-time augmentation, and aligned on detector keypoints or on face-mesh points (thresholds keys
+             `openvino`, `openvino+flip`, `openvino+flip+mesh`, ...; `--flip`, `--landmarks` narrow it).
+             Writes no model file.
   person-curves  the mean rule's pair FAR curves per number of faces k = 2..5 (a face against the mean of
              k faces of another person), added to each calibrated space (`--variants`, `--runtimes`,
              `--flip` narrow it); the calibrate stage's values stay as they are. Writes no model file.
@@ -271,6 +276,24 @@ def stage_align(args: argparse.Namespace) -> None:
         save_manifest(manifest)
 
 
+def stage_mesh_align(args: argparse.Namespace) -> None:
+    """dlib's chip template for face-mesh points (the engine's own detector, alignment and mesh; no dlib)."""
+    from fit_align_template import fit_mesh_template
+
+    manifest = load_manifest()
+    if "dlib-resnet-v1" in manifest["models"] and "dlib-resnet-v1" in args.models:
+        print("mesh-align dlib-resnet-v1")
+        manifest["models"]["dlib-resnet-v1"]["align_mesh"] = fit_mesh_template(
+            MODELS, args.data / "lfw-devtrain"
+        )
+        save_manifest(manifest)
+
+
+def _meshes(args: argparse.Namespace, entry: dict) -> list[bool]:
+    wanted = {"detector": [False], "mesh": [True], "both": [False, True]}[args.landmarks]
+    return [m for m in wanted if not m or "align_mesh" in entry]
+
+
 def stage_convert(args: argparse.Namespace) -> None:
     manifest = load_manifest()
     for model in args.models:
@@ -351,12 +374,12 @@ def stage_calibrate(args: argparse.Namespace) -> None:
         for variant in entry.get("variants", {}):
             if args.variants and variant not in args.variants:
                 continue
-            for runtime in RUNTIMES:
-                for flip in flips:
-                    key = thresholds_key(runtime, flip)  # the key agent/inference/manifest.py reads
+            for runtime in args.runtimes or RUNTIMES:
+                for flip, mesh in [(f, m) for f in flips for m in _meshes(args, entry)]:
+                    key = thresholds_key(runtime, flip, mesh)  # the key agent/inference/manifest.py reads
                     print(f"calibrate {model}/{variant} on {runtime} ({key})")
                     lfw = args.data / "lfw-devtrain"
-                    thr = calibrate_thresholds(MODELS, model, variant, runtime, lfw, flip=flip)
+                    thr = calibrate_thresholds(MODELS, model, variant, runtime, lfw, flip=flip, mesh=mesh)
                     entry["variants"][variant].setdefault("thresholds", {})[key] = thr
                     save_manifest(manifest)
 
@@ -377,13 +400,13 @@ def stage_person_curves(args: argparse.Namespace) -> None:
             if args.variants and variant not in args.variants:
                 continue
             for runtime in args.runtimes or RUNTIMES:
-                for flip in flips:
-                    key = thresholds_key(runtime, flip)
+                for flip, mesh in [(f, m) for f in flips for m in _meshes(args, entry)]:
+                    key = thresholds_key(runtime, flip, mesh)
                     if key not in var.get("thresholds", {}):
                         continue
                     print(f"person curves {model}/{variant} on {runtime} ({key})")
                     curves = calibrate_person_curves(
-                        MODELS, model, variant, runtime, args.data / "lfw-devtrain", flip=flip
+                        MODELS, model, variant, runtime, args.data / "lfw-devtrain", flip=flip, mesh=mesh
                     )
                     var["thresholds"][key]["person_curves"] = curves
                     save_manifest(manifest)
@@ -407,7 +430,8 @@ def make_venv(venv: Path, argv: list[str], stage: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "stage", choices=["convert", "mesh", "align", "quantize", "calibrate", "person-curves", "all"]
+        "stage",
+        choices=["convert", "mesh", "align", "mesh-align", "quantize", "calibrate", "person-curves", "all"],
     )
     p.add_argument("--venv", type=Path, help="create/use this throwaway build venv and re-run inside it")
     p.add_argument("--models", nargs="+", default=list(SOURCES))
@@ -415,7 +439,16 @@ def main() -> None:
     p.add_argument("--calib-dir", type=Path, help="folder of face images for INT8 calibration (recursive)")
     p.add_argument("--calib-samples", type=int, default=300)
     p.add_argument("--variants", nargs="+", help="calibrate only these variants (e.g. int8 after quantize)")
-    p.add_argument("--runtimes", nargs="+", help="person-curves: only these runtimes (default: all)")
+    p.add_argument(
+        "--runtimes", nargs="+", help="calibrate, person-curves: only these runtimes (default: all)"
+    )
+    p.add_argument(
+        "--landmarks",
+        choices=["detector", "mesh", "both"],
+        default="both",
+        help="calibrate the spaces aligned on detector keypoints, on face-mesh points (models with "
+        "align_mesh), or both",
+    )
     p.add_argument(
         "--flip",
         choices=["off", "on", "both"],
@@ -439,12 +472,13 @@ def main() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         sys.exit(f"another build_models.py is running on {MODELS} (lock {lock.name}); wait for it")
-    stages = ["convert", "mesh", "align", "quantize", "calibrate", "person-curves"]
+    stages = ["convert", "mesh", "align", "mesh-align", "quantize", "calibrate", "person-curves"]
     stages = stages if args.stage == "all" else [args.stage]
     run = {
         "convert": stage_convert,
         "mesh": stage_mesh,
         "align": stage_align,
+        "mesh-align": stage_mesh_align,
         "quantize": stage_quantize,
         "calibrate": stage_calibrate,
         "person-curves": stage_person_curves,

@@ -32,8 +32,8 @@ from test_depth_liveness import ATTACKS, DISTANCES, OPEN_ATTACKS  # noqa: E402
 from agent.config import EngineConfig  # noqa: E402
 from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.gates.depth import DepthGateConfig, depth_check  # noqa: E402
-from agent.gates.mesh import open_face_mesh  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
+from agent.inference.mesh import open_face_mesh  # noqa: E402
 
 
 def main() -> None:

@@ -114,3 +114,65 @@ def chip_agreement(models_dir: Path, lfw_dir: Path, spec: dict, count: int = 100
     }
     print(f"  engine chips vs dlib chips: {res} (dlib's same-person distance threshold is 0.6)")
     return res
+
+
+# Face-mesh points of the mesh alignment (MediaPipe indices): both corners of each eye and the bottom of the
+# nose, the points dlib's own 5-point chips are built from. Measured against other sets on lfw-devtrain
+# (scripts/align_experiment.py): adding the mouth corners, the brows and lids, or all 468 points did worse.
+MESH_POINTS = [33, 133, 263, 362, 2]
+
+
+def fit_mesh_template(models_dir: Path, lfw_dir: Path, count: int = 2000) -> dict:
+    """The `align_mesh` spec: where the mesh points land, on average, in the chips the keypoint template cuts
+    (so the mesh chips keep the framing fitted to dlib's chips above, with the mesh's steadier points), and
+    where the detector's box and keypoints land in the mesh chips (`chip_face`: to align a stored chip again).
+    No dlib needed: the engine's detector, keypoint alignment and face mesh only."""
+    from agent.evaluation.calibrate import make_engine
+    from agent.evaluation.lfw import central_face
+    from agent.inference.align import chip_transform, similarity_transform
+    from agent.inference.mesh import open_face_mesh
+
+    engine = make_engine(models_dir, "dlib-resnet-v1", "fp32", "openvino", mesh=False)
+    mesh = open_face_mesh(engine.config)
+    spec = engine.embedder.align_spec
+    size = int(spec["size"])
+    paths = sorted((lfw_dir / "images").glob("*/*.jpg"))
+    random.Random(11).shuffle(paths)
+    faces, points = [], []
+    for p in paths:
+        img = engine.load(p.read_bytes())
+        face = central_face(engine.detector.detect(img.pixels), img.width, img.height)
+        if face is None:
+            continue
+        faces.append(face)
+        points.append(mesh.landmarks(img.pixels, face).points[MESH_POINTS, :2].astype(np.float64))
+        if len(faces) >= count:
+            break
+
+    def through(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        return xy @ m[:2, :2].T + m[:, 2]
+
+    template = np.mean(
+        [through(chip_transform(f, spec), pts) for f, pts in zip(faces, points, strict=True)], axis=0
+    )
+    boxes, kps, spread = [], [], []
+    for f, pts in zip(faces, points, strict=True):
+        m = similarity_transform(pts, template)
+        spread.append(np.sqrt(((through(m, pts) - template) ** 2).sum(-1)).mean())
+        scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+        cx, cy = through(m, np.array(f.box.center))
+        hw, hh = f.box.width * scale / 2, f.box.height * scale / 2
+        boxes.append([cx - hw, cy - hh, cx + hw, cy + hh])
+        kps.append(through(m, np.asarray(f.keypoints, np.float64)))
+    print(f"  mesh template from {len(faces)} faces; mean residual {np.mean(spread):.2f} px at {size}")
+    return {
+        "method": "mesh",
+        "size": size,
+        "points": MESH_POINTS,
+        "template": np.round(template / size, 5).tolist(),
+        "chip_face": {
+            "box": np.round(np.mean(boxes, 0) / size, 5).tolist(),
+            "keypoints": np.round(np.mean(kps, 0) / size, 5).tolist(),
+        },
+        "fitted_on": f"{len(faces)} {lfw_dir.name} faces (mesh points in the keypoint template's chips)",
+    }

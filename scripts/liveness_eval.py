@@ -38,8 +38,8 @@ from agent.gates.liveness import (  # noqa: E402
     evaluate_liveness,
     passive_liveness,
 )
-from agent.gates.mesh import FaceMesh, open_face_mesh  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
+from agent.inference.mesh import FaceMesh, open_face_mesh  # noqa: E402
 from agent.types import Face  # noqa: E402
 
 CAM_W, CAM_H, FOCAL = 640, 480, 700.0

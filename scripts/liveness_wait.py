@@ -27,8 +27,8 @@ from agent.config import EngineConfig  # noqa: E402
 from agent.evaluation.datadir import shared_data_dir  # noqa: E402
 from agent.gates.blink import BlinkConfig  # noqa: E402
 from agent.gates.liveness import LEVELS, TrackLiveness, evaluate_liveness  # noqa: E402
-from agent.gates.mesh import open_face_mesh  # noqa: E402
 from agent.inference.engine import FaceEngine  # noqa: E402
+from agent.inference.mesh import open_face_mesh  # noqa: E402
 
 
 def waits(track: list, mesh, blink: BlinkConfig) -> dict[str, float | None]:  # noqa: ANN001 - FaceMesh

@@ -10,7 +10,7 @@ import pytest
 from agent.config import RecognitionConfig
 from agent.gates.blink import BlinkConfig, BlinkDetector
 from agent.gates.liveness import LIVENESS_LEVELS, LivenessReport, evaluate_liveness
-from agent.gates.mesh import open_face_mesh
+from agent.inference.mesh import open_face_mesh
 from agent.recognition.tracking import FaceTracker, Observation, TrackerSettings
 
 LFW = "lfw-devtrain/images"

@@ -31,7 +31,7 @@ from agent.capture.realsense import RealSenseSource  # noqa: E402
 from agent.config import CameraConfig, RecognitionConfig  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap  # noqa: E402
 from agent.gates.depth import DepthGateConfig, depth_check  # noqa: E402
-from agent.gates.mesh import open_face_mesh  # noqa: E402
+from agent.inference.mesh import open_face_mesh  # noqa: E402
 from agent.publish import PublishConfig, StdoutSink  # noqa: E402
 from agent.publish.config import AccessPolicyConfig  # noqa: E402
 from agent.recognition.pipeline import RecognitionPipeline  # noqa: E402

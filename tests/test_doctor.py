@@ -353,12 +353,13 @@ def test_gallery_variant_check_says_which_space_and_what_start_will_do(tmp_path)
     from agent.cli.doctor import check_gallery_variant
     from agent.config import EngineConfig
     from agent.gallery import GalleryConfig, GalleryStore, NewFace
+    from agent.inference.engine import space_info
     from agent.inference.manifest import Manifest
 
     engine = EngineConfig()
-    emb = engine.embedder  # the default space, flip included (doctor used to name the plain one)
-    running = Manifest().info(emb.model, emb.precision, engine.runtime.kind, False, flip=emb.flip)
-    assert running.model_id.endswith("+flip")
+    # the default space, flip and mesh alignment included (doctor used to name the plain one)
+    running = space_info(Manifest(), engine, verify=False)
+    assert running.model_id.endswith("+flip+mesh")
     cfg = GalleryConfig(path=tmp_path / "g")
     assert check_gallery_variant(engine, cfg).status == "OK"  # no gallery yet
 

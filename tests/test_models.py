@@ -25,8 +25,12 @@ def test_manifest_records_every_fact(models_dir):
                 assert len(rec["sha256"]) == 64
                 assert (models_dir / rec["path"]).is_file()
             if entry["kind"] == "embedder":
-                # Every space has its own calibration: each runtime, without and with flip.
-                for key in ("openvino", "onnxruntime", "openvino+flip", "onnxruntime+flip"):
+                # Every space has its own calibration: each runtime, without and with flip; the default
+                # face-mesh alignment with flip where the model has one.
+                keys = ["openvino", "onnxruntime", "openvino+flip", "onnxruntime+flip"]
+                if "align_mesh" in entry and variant == "int8":
+                    keys += ["openvino+flip+mesh", "onnxruntime+flip+mesh"]
+                for key in keys:
                     _check_calibration(var["thresholds"][key], (name, variant, key))
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+MESH = {"auto": None, "mesh": True, "detector": False}  # --landmarks -> make_engine's `mesh`
+
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=["openvino", "onnxruntime"], default="openvino", help="runtime")
@@ -23,12 +25,21 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         default=True,
         help="flip test-time augmentation, as the agent runs by default (its own model id, ...+flip)",
     )
+    p.add_argument(
+        "--landmarks",
+        choices=["auto", "mesh", "detector"],
+        default="auto",
+        help="align the chip on face-mesh points or the detector's keypoints (auto: as the agent does)",
+    )
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from agent.evaluation.calibrate import make_engine
 
-    engine = make_engine(None, args.model, args.precision, args.runtime, args.detector, flip=args.flip)
+    mesh = MESH[args.landmarks]
+    engine = make_engine(
+        None, args.model, args.precision, args.runtime, args.detector, flip=args.flip, mesh=mesh
+    )
     for path in args.images:
         faces = engine.analyze(Path(path).read_bytes(), args.max_faces)
         print(

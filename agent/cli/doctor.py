@@ -177,13 +177,11 @@ def check_gallery_variant(engine: EngineConfig, gallery: GalleryConfig) -> Check
     another variant are re-embedded from thumbnails at start, or refuse it: agent/gallery/variants.py)."""
     from agent.gallery.store import DB_FILENAME, GalleryStore
     from agent.gallery.variants import Space, foreign_variants, plan
+    from agent.inference.engine import space_info
     from agent.inference.manifest import Manifest
 
     try:
-        emb = engine.embedder
-        info = Manifest(engine.models_dir).info(
-            emb.model, emb.precision, engine.runtime.kind, verify=False, flip=emb.flip
-        )
+        info = space_info(Manifest(engine.models_dir), engine, verify=False)
     except ModelError as exc:
         return Check("gallery-variant", "FAIL", exc.message, "see the engine-models check")
     variant = f"{info.model_id} on {engine.runtime.kind}"

@@ -29,6 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="on",
         help="flip test-time augmentation: the default space (on), the plain one (off), or both",
     )
+    e.add_argument(
+        "--landmarks",
+        choices=["auto", "mesh", "detector", "both"],
+        default="auto",
+        help="chips aligned on face-mesh points, on the detector's keypoints, both, or as the agent "
+        "does (auto)",
+    )
     e.add_argument("--out", type=Path, default=Path("eval-results"), help="folder for JSON and ROC PNG")
     e.add_argument(
         "--cache",

@@ -60,13 +60,16 @@ def make_engine(
     runtime: str,
     detector: str = "blazeface-full",
     flip: bool = False,
+    mesh: bool | None = None,
 ) -> FaceEngine:
-    """An engine for one space. `flip` is explicit, not the config default: an evaluation names its space."""
+    """An engine for one space. `flip` and `mesh` (the alignment on face-mesh points; None: where the
+    manifest has that space, as the config's `auto`) are explicit: an evaluation names its space."""
     rt = OpenVINORuntimeConfig() if runtime == "openvino" else OnnxRuntimeConfig()
+    landmarks = "auto" if mesh is None else "mesh" if mesh else "detector"
     cfg = EngineConfig(
         runtime=rt,
         detector={"model": detector},
-        embedder=EmbedderConfig(model=model, precision=variant, flip=flip),
+        embedder=EmbedderConfig(model=model, precision=variant, flip=flip, landmarks=landmarks),
         models_dir=models_dir,
     )
     return FaceEngine(cfg)
@@ -155,11 +158,12 @@ def calibrate_thresholds(
     root: Path,
     cache_dir: Path | None = DEFAULT_CACHE,
     flip: bool = False,
+    mesh: bool = False,
 ) -> dict:
     """Manifest entry of one space: cosine thresholds at each FAR and the far_curve, with how they were
     measured. Embeddings are cached (keyed by model file, runtime, detector, alignment and flip) so
     `face-agent eval` reuses them."""
-    engine = make_engine(models_dir, model, variant, runtime, flip=flip)
+    engine = make_engine(models_dir, model, variant, runtime, flip=flip, mesh=mesh)
     res = evaluate(engine, root, cache_dir, progress=True)
     print(
         f"  {res.model_id} on {res.runtime}: accuracy {res.pair_accuracy * 100:.2f}%  "
@@ -203,10 +207,7 @@ def person_far_curves(emb: np.ndarray, labels: np.ndarray, ks=PERSON_KS) -> dict
             continue
         t, own = np.stack(templates), np.asarray(owners)
         imp = np.concatenate(
-            [
-                (e[i : i + 2048] @ t.T)[lab[i : i + 2048, None] != own[None, :]]
-                for i in range(0, len(e), 2048)
-            ]
+            [(e[i : i + 2048] @ t.T)[lab[i : i + 2048, None] != own[None, :]] for i in range(0, len(e), 2048)]
         )
         fars = [f for f in FAR_CURVE if f * len(imp) >= MIN_TAIL]
         out[str(k)] = {
@@ -226,14 +227,17 @@ def calibrate_person_curves(
     root: Path,
     cache_dir: Path | None = DEFAULT_CACHE,
     flip: bool = False,
+    mesh: bool = False,
 ) -> dict:
     """The manifest `person_curves` of one space (embeddings cached as in calibrate_thresholds)."""
-    engine = make_engine(models_dir, model, variant, runtime, flip=flip)
+    engine = make_engine(models_dir, model, variant, runtime, flip=flip, mesh=mesh)
     ds, emb, _ = dataset_embeddings(engine, root, cache_dir, progress=True)
     curves = person_far_curves(emb, ds.identities)
     for k, c in curves.items():
-        print(f"  {engine.model_id} k={k}: {c['templates']} templates, {c['impostor_pairs']} impostor pairs,"
-              f" down to FAR {c['far'][-1]:g}: {dict(zip(c['far'], c['cosine'], strict=True))}")
+        print(
+            f"  {engine.model_id} k={k}: {c['templates']} templates, {c['impostor_pairs']} impostor pairs,"
+            f" down to FAR {c['far'][-1]:g}: {dict(zip(c['far'], c['cosine'], strict=True))}"
+        )
     return curves
 
 

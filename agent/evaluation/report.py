@@ -31,8 +31,11 @@ def run_eval(args: argparse.Namespace) -> int:
             if precision not in manifest.variants(model):
                 print(f"skip {model}/{precision}: not built")
                 continue
-            for runtime, flip in itertools.product(args.runtimes, _flips(args)):
-                engine = make_engine(None, model, precision, runtime, args.detector, flip=flip)
+            for runtime, flip, mesh in itertools.product(args.runtimes, _flips(args), _meshes(args)):
+                if mesh and not manifest.has_mesh_alignment(model):
+                    print(f"skip {model}: no face-mesh alignment in the manifest")
+                    continue
+                engine = make_engine(None, model, precision, runtime, args.detector, flip=flip, mesh=mesh)
                 t0 = time.perf_counter()
                 data = dataset_embeddings(engine, args.data, args.cache, progress=True)
                 res = evaluate(engine, args.data, embeddings=data)
@@ -59,6 +62,11 @@ def run_eval(args: argparse.Namespace) -> int:
 def _flips(args: argparse.Namespace) -> list[bool]:
     choice = getattr(args, "flip", "on")
     return {"on": [True], "off": [False], "both": [False, True]}[choice]
+
+
+def _meshes(args: argparse.Namespace) -> list[bool | None]:
+    choice = getattr(args, "landmarks", "auto")
+    return {"auto": [None], "mesh": [True], "detector": [False], "both": [False, True]}[choice]
 
 
 def _opensets(engine, data: tuple) -> dict[str, dict]:  # noqa: ANN001 - FaceEngine

@@ -1,6 +1,6 @@
 """Blink cue of the liveness gate: eye openness per frame of one track -> counted blinks.
 
-A blink is the eyes closing and opening again quickly: eye openness (agent/gates/mesh.py: lid gap / eye
+A blink is the eyes closing and opening again quickly: eye openness (agent/inference/mesh.py: lid gap / eye
 width) falls well below the track's own open-eye baseline for a short run of frames and comes back. A print
 or a screen showing a still photo never does that, whatever it is moved through; a live person blinks every
 few seconds. The baseline is the track's own (a running median of its recent open-eye samples) because

@@ -296,7 +296,7 @@ class TrackLiveness:
         self, image_bgr: np.ndarray, face: Face, timestamp: float, eye_openness: float | None = None
     ) -> LivenessReport | None:
         """Feed one frame (timestamps in seconds, increasing). Returns a report once there is enough evidence.
-        `eye_openness` (agent/gates/mesh.py) feeds the blink cue on the frames `wants_eyes` asked for."""
+        `eye_openness` (agent/inference/mesh.py) feeds the blink cue on the frames `wants_eyes` asked for."""
         if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.size == 0:
             raise InputError("liveness needs a non-empty HxWx3 BGR image array", code="invalid_image")
         if self._t_first is not None and timestamp < self._t_last:

@@ -8,6 +8,8 @@ Methods (chosen per model in the manifest's `align` entry):
   regressed-box  the box another detector would have drawn, predicted linearly from the BlazeFace box and
              keypoints (`coef`, fitted at build time), grown by `margin` of its width and squeezed into the
              chip: FaceNet's CASIA weights were trained on MTCNN boxes cropped this way.
+  mesh       (spec `align_mesh`) a similarity transform taking face-mesh points (MediaPipe indices in
+             `points`) onto `template`: the embedder gets them from agent/inference/mesh.py.
 Everything is one affine warp, so faces at the image border get constant (black) fill, never an exception.
 """
 
@@ -106,10 +108,22 @@ def chip_transform(face: Face, spec: dict[str, Any]) -> np.ndarray:
     raise ValueError(f"unknown alignment method {method!r}")
 
 
+def mesh_transform(points: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """2x3 similarity taking the face-mesh points (468, 2+) named by index in `spec["points"]` onto the
+    template (`align_mesh` in the manifest): many points, so less jitter than 4 detector keypoints."""
+    idx = [int(i) for i in spec["points"]]
+    return similarity_transform(
+        np.asarray(points, np.float64)[idx, :2], np.asarray(spec["template"], np.float64) * int(spec["size"])
+    )
+
+
 def align(bgr: np.ndarray, face: Face, spec: dict[str, Any]) -> np.ndarray:
     """The aligned BGR chip (size x size) for `face`."""
-    size = int(spec["size"])
-    m = chip_transform(face, spec)
+    return warp(bgr, chip_transform(face, spec), int(spec["size"]))
+
+
+def warp(bgr: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    """`bgr` through the 2x3 affine `m` into a size x size chip."""
     # Downscaling by more than 2x with bilinear aliases; area-average first for large faces.
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
     if scale < 0.5:

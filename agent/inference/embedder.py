@@ -4,24 +4,37 @@ With flip (ModelInfo.flip, from engine.embedder.flip) each chip is embedded toge
 the same inference call, and the embedding is the normalised sum of the two normalised vectors: measured on
 lfw-devtrain, more genuine pairs pass at the same FAR (docs/models.md). It is another embedding space (model
 id `+flip`, its own thresholds), so a gallery is never searched across the two.
+
+With mesh alignment (ModelInfo.mesh) the chip is cut from face-mesh points instead of the detector's
+keypoints (the mesh model is passed in as `landmarks`): another space too (`+mesh`).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from agent.errors import ModelError
-from agent.inference.align import align
+from agent.inference.align import align, mesh_transform, warp
 from agent.inference.blob import blob_params
 from agent.inference.manifest import ModelInfo
 from agent.inference.runtime import Session
 from agent.types import Face
 
+if TYPE_CHECKING:
+    from agent.inference.mesh import FaceMesh
+
 
 class Embedder:
-    def __init__(self, info: ModelInfo, session: Session, max_batch: int) -> None:
+    def __init__(
+        self, info: ModelInfo, session: Session, max_batch: int, landmarks: FaceMesh | None = None
+    ) -> None:
+        if info.mesh and landmarks is None:
+            raise ModelError(f"{info.model_id} aligns on face-mesh points: it needs the face mesh model")
         self.info = info
+        self._landmarks = landmarks if info.mesh else None
         self._session = session
         self._max_batch = max_batch
         self.size = int(info.input["size"][0])
@@ -43,7 +56,12 @@ class Embedder:
         return self.info.model_id
 
     def chips(self, bgr: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
-        return [align(bgr, f, self.align_spec) for f in faces]
+        if self._landmarks is None:
+            return [align(bgr, f, self.align_spec) for f in faces]
+        return [
+            warp(bgr, mesh_transform(self._landmarks.landmarks(bgr, f).points, self.align_spec), self.size)
+            for f in faces
+        ]
 
     def embed_chips(self, chips: list[np.ndarray]) -> np.ndarray:
         """(N, dim) float32 L2-normalised embeddings of aligned BGR chips."""

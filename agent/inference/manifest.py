@@ -17,6 +17,7 @@ from agent.errors import ModelError
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
 RUNTIMES = ("openvino", "onnxruntime")
 FLIP = "+flip"  # model id and thresholds-key suffix of the flip test-time augmentation: a space of its own
+MESH = "+mesh"  # ... of the alignment on face-mesh points (the model's `align_mesh`): a space of its own
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,15 @@ class ModelInfo:
     flip: bool = False  # embed each chip and its mirror image, and average (test-time augmentation)
     far_curve: dict[str, list[float]] = field(default_factory=dict)  # {"far": [...], "cosine": [...]}
     person_curves: dict[str, dict] = field(default_factory=dict)  # k -> far_curve of the mean of k faces
+    mesh: bool = False  # chips aligned on face-mesh points (`align_mesh`), not on the detector's keypoints
 
     @property
     def model_id(self) -> str:
         """The exact variant: model, precision and file (`dlib-resnet-v1/int8-qdq.1a2b3c4d`, the file's stem
-        and sha256 prefix), `+flip` when the mirror image is averaged in. Two files are two embedding spaces,
-        with their own gallery indexes; so are one file with and without flip."""
-        return f"{self.name}/{self.space or self.variant}{FLIP if self.flip else ''}"
+        and sha256 prefix), `+flip` when the mirror image is averaged in, `+mesh` when the chip is aligned on
+        face-mesh points. Two files are two embedding spaces, with their own gallery indexes; so are one file
+        with and without flip, or aligned two ways."""
+        return f"{self.name}/{self.space or self.variant}{suffix(self.flip, self.mesh)}"
 
     @property
     def input(self) -> dict[str, Any]:
@@ -87,7 +90,20 @@ class Manifest:
     def spaces(self, name: str) -> dict[str, str]:
         """Every embedding space of a model, current and retired: model id -> how to run it."""
         entry = self._entry(name)
-        return self._hints(name, entry.get("variants", {}), entry.get("legacy_spaces", {}))
+        return self._hints(name, entry)
+
+    def has_mesh_alignment(self, name: str) -> bool:
+        return "align_mesh" in self._entry(name)
+
+    def has_space(self, name: str, variant: str, runtime: str, flip: bool, mesh: bool) -> bool:
+        """Whether the manifest has calibrated thresholds for this space (and, for mesh, the alignment)."""
+        entry = self._entry(name)
+        if mesh and "align_mesh" not in entry:
+            return False
+        var = entry.get("variants", {}).get(variant, {})
+        return bool(
+            var.get("thresholds", {}).get(thresholds_key(runtime, flip, mesh), {}).get("cosine_at_far")
+        )
 
     def output_dim(self, name: str) -> int | None:
         dim = self._entry(name).get("output", {}).get("dim")
@@ -102,17 +118,28 @@ class Manifest:
             ) from None
 
     def info(
-        self, name: str, variant: str, runtime: str, verify: bool = True, flip: bool = False
+        self,
+        name: str,
+        variant: str,
+        runtime: str,
+        verify: bool = True,
+        flip: bool = False,
+        mesh: bool = False,
     ) -> ModelInfo:
-        """A variant as `runtime` loads it; `flip` selects its flip-augmented space (own id, thresholds)."""
+        """A variant as `runtime` loads it; `flip` selects its flip-augmented space, `mesh` the space aligned
+        on face-mesh points (each its own id and thresholds)."""
         entry = self._entry(name)
+        if mesh and "align_mesh" not in entry:
+            raise ModelError(f"model {name!r} has no face-mesh alignment in the manifest (align_mesh)")
         variants = entry.get("variants", {})
         if variant not in variants:
             raise ModelError(f"model {name!r} has no {variant!r} variant; available: {', '.join(variants)}")
         var = variants[variant]
         files = self._files(name, variant, var["files"], runtime, verify)
-        calibration = var.get("thresholds", {}).get(thresholds_key(runtime, flip), {})
-        facts = {k: v for k, v in entry.items() if k not in ("variants", "legacy_spaces")}
+        calibration = var.get("thresholds", {}).get(thresholds_key(runtime, flip, mesh), {})
+        facts = {k: v for k, v in entry.items() if k not in ("variants", "legacy_spaces", "align_mesh")}
+        if mesh:
+            facts["align"] = entry["align_mesh"]
         rec = _record_for(var["files"], runtime)  # the record _files resolved
         space = _space(variant, rec)
         legacy = entry.get("legacy_spaces", {})
@@ -124,27 +151,31 @@ class Manifest:
             files,
             dict(calibration.get("cosine_at_far", {})),
             space,
-            {} if flip else _accepted(name, legacy, rec),  # older agents never flipped: their ids are plain
-            self._hints(name, variants, legacy),
+            {} if flip or mesh else _accepted(name, legacy, rec),  # older agents: plain ids only
+            self._hints(name, entry),
             flip,
             dict(calibration.get("far_curve", {})),
             dict(calibration.get("person_curves", {})),
+            mesh,
         )
 
     @staticmethod
-    def _hints(name: str, variants: dict[str, Any], legacy: dict[str, Any]) -> dict[str, str]:
-        """How to run each space of this model: the precision and runtime that load its file."""
+    def _hints(name: str, entry: dict[str, Any]) -> dict[str, str]:
+        """How to run each space of this model: the precision, flip, landmarks and runtime that compute it."""
+        legacy = entry.get("legacy_spaces", {})
+        meshes = (False, True) if "align_mesh" in entry else (False,)
         hints: dict[str, str] = {}
-        for variant, var in variants.items():
+        for variant, var in entry.get("variants", {}).items():
             for runtime in RUNTIMES:
                 rec = _record_for(var["files"], runtime)
                 if rec is None:
                     continue
                 for flip in (False, True):
-                    model_id = f"{name}/{_space(variant, rec)}{FLIP if flip else ''}"
-                    hint = f"run with embedder.precision {variant}, embedder.flip {str(flip).lower()} on "
-                    hint += f"runtime {runtime}"
-                    hints[model_id] = f"{hints[model_id]} or {hint}" if model_id in hints else hint
+                    for mesh in meshes:
+                        model_id = f"{name}/{_space(variant, rec)}{suffix(flip, mesh)}"
+                        hint = f"run with embedder.precision {variant}, embedder.flip {str(flip).lower()}, "
+                        hint += f"embedder.landmarks {'mesh' if mesh else 'detector'} on runtime {runtime}"
+                        hints[model_id] = f"{hints[model_id]} or {hint}" if model_id in hints else hint
         for space, facts in legacy.items():  # ids of older agents
             hint = (
                 facts["retired"] if "retired" in facts else f"run the file with sha256 {facts.get('sha256')}"
@@ -177,9 +208,15 @@ class Manifest:
         return ModelFiles(model=onnx, onnx=onnx)
 
 
-def thresholds_key(runtime: str, flip: bool) -> str:
-    """Where a variant's `thresholds` keep one space's numbers: per runtime, `+flip` for the flip space."""
-    return f"{runtime}{FLIP if flip else ''}"
+def suffix(flip: bool, mesh: bool = False) -> str:
+    """What a space's id and thresholds key add to the file's: `+flip`, then `+mesh`."""
+    return f"{FLIP if flip else ''}{MESH if mesh else ''}"
+
+
+def thresholds_key(runtime: str, flip: bool, mesh: bool = False) -> str:
+    """Where a variant's `thresholds` keep one space's numbers: per runtime, `+flip` for the flip space,
+    `+mesh` for the space aligned on face-mesh points."""
+    return f"{runtime}{suffix(flip, mesh)}"
 
 
 def _record_for(recs: dict[str, Any], runtime: str) -> dict[str, Any] | None:

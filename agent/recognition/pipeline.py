@@ -31,7 +31,7 @@ from agent.gallery.matcher import FAR_SCORES, Candidate, Matcher, ScoreMap
 from agent.gallery.thresholds import RequiredScore, StrangerThresholds, engine_thresholds, person_rule
 from agent.gates.depth import DepthCheck, depth_check
 from agent.gates.ir import ir_check
-from agent.gates.mesh import open_face_mesh
+from agent.inference.mesh import open_face_mesh
 from agent.publish.challenge import ChallengeMessage
 from agent.publish.payloads import RecognitionEvent
 from agent.publish.sink import EventSink
@@ -84,6 +84,16 @@ def track_min_similarity(
         return curve.cosine_at(TRACK_GATE_FAR)
     far_1e3 = float(scores.cosine(FAR_SCORES["1e-3"]))
     return float(np.clip(1.0 - TRACK_GATE_REACH * (1.0 - far_1e3), -1.0, 1.0))
+
+
+def confirm_score(level: int, anchors: dict[str, float]) -> float | None:
+    """The score an access policy's `min_far_level` needs (the anchor of FAR 1e-level), or None (no policy,
+    or level 0). A level between the anchors takes the next stricter one: never less than the policy."""
+    if level <= 0:
+        return None
+    levels = {int(far.split("e-")[1]): at for far, at in anchors.items()}
+    stricter = [n for n in levels if n >= level]
+    return levels[min(stricter)] if stricter else None
 
 
 def far_level(score: float, anchors: dict[str, float]) -> int:
@@ -186,8 +196,11 @@ class RecognitionPipeline:
         challenge_chooser: Chooser | None = None,
         stale: Callable[[str], bool] | None = None,
         observer: FrameObserver | None = None,
+        confirm_far_level: int = 0,
     ) -> None:
         """`challenge_chooser` forces the challenge instructions (tests); None: drawn with `secrets`.
+        `confirm_far_level`: the access policy's min_far_level (0: no policy): a known track below it gets a
+        follow-up event once it reaches it (agent/recognition/tracking.py).
         `stale(group_id)`: True when a mirrored group must not grant access (agent/sync/edge.py).
         `observer`: gets every analysed frame's faces and decisions (the console); None costs nothing."""
         self.cfg = cfg
@@ -232,6 +245,7 @@ class RecognitionPipeline:
             upgrade_unknown=cfg.upgrade_unknown,
             cooldown_s=cfg.cooldown_s,
             min_similarity=track_min_similarity(cfg, matcher.scores, curve),
+            confirm_score=confirm_score(confirm_far_level, matcher.scores.thresholds()),
         )
         levels = [self._liveness_level(w) for w in cameras]
         eyes = self._eye_meter(engine, levels)
@@ -271,7 +285,9 @@ class RecognitionPipeline:
         about 2 ms per face); shared by every camera (sessions are thread-safe)."""
         if not self.cfg.blink.enabled or not any(liveness_uses_blinks(lv) for lv in levels):
             return None
-        mesh = open_face_mesh(engine.config, self.cfg.blink.model)
+        aligning = getattr(engine, "mesh", None)  # the embedder's alignment mesh, when it runs one
+        same = aligning is not None and aligning.info.name == self.cfg.blink.model
+        mesh = aligning if same else open_face_mesh(engine.config, self.cfg.blink.model)  # one session
         log.info("blink cue: %s on %s", mesh.info.model_id, engine.config.runtime.kind)
         min_prob = self.cfg.blink.min_face_probability
         return lambda pixels, face: mesh.eye_openness(pixels, face, min_prob)
@@ -342,6 +358,7 @@ class RecognitionPipeline:
             },
             "match_errors": self.match_errors,
             "frame_errors": self.frame_errors,
+            "required_score": round(self.required_score(), 2),  # what a match needs now (group size, rate)
             "latency": self.latency.summary(),
         }
 

@@ -16,6 +16,11 @@ Decisions, evaluated on every usable frame (one that passes the quality level):
 - an unknown track that later matches is reported again as recognized (`upgrade_unknown`).
 A known person is not reported again on the same camera while seen within `cooldown_s` (measured from the
 last frame they were seen on, so someone standing at the door for minutes yields one event).
+The known decision follows the stranger rate, which for a small group asks less than an access policy's
+`min_far_level` (5 persons at 1e-3: score ~76, the policy's default level 4: 80). With
+`TrackerSettings.confirm_score` (that score), a known track whose event scored below it gets one more
+recognized event (same track id) the first time its match of the same person reaches it, so a door opens
+once the person is seen well enough instead of never during that appearance.
 
 Liveness (`TrackerSettings.liveness_level` other than NONE): each track owns one `TrackLiveness`, fed every
 frame the track is seen on (usable or not) and dropped with the track. Every event carries the track's
@@ -172,7 +177,7 @@ class TrackEvent:
     clock: float
     upgrade: bool = False
     liveness: LivenessState | None = None  # None: liveness is off on this camera
-    liveness_update: bool = False  # the follow-up of a known track whose liveness (or depth) now passes
+    liveness_update: bool = False  # the follow-up of a known track whose liveness, depth or score now passes
     depth: DepthState | None = None  # None: no depth check on this camera
 
 
@@ -196,6 +201,9 @@ class TrackerSettings:
     depth: bool = False  # the camera checks depth or infrared (observations carry DepthCheck)
     depth_required: bool = False  # ... and access needs it: a known track gets a follow-up once it passes
     sensor: str = "depth"  # which: "depth" or "ir"
+    # The score the access policy needs (its min_far_level): a known track whose event scored below it gets
+    # one follow-up when its match reaches it, so a door opens once the person is seen well enough. None: off.
+    confirm_score: float | None = None
 
     def __post_init__(self) -> None:
         if self.liveness_level not in LIVENESS_LEVEL_NAMES:
@@ -233,6 +241,7 @@ class Track:
         self.depth_checks: deque[DepthCheck] = deque(maxlen=DEPTH_WINDOW)
         self.depth_current: DepthCheck | None = None  # this frame's check, when it counted
         self.depth_reported = False  # an event of this track carried passed depth evidence
+        self.confirmed = False  # the score follow-up was sent (at most one per track)
         self._top: list[Observation] = []
 
     def add(self, obs: Observation, clock: float, keep: int) -> None:
@@ -305,6 +314,7 @@ class FaceTracker:
             "cooldown": 0,
             "evicted": 0,
             "liveness_updates": 0,
+            "score_updates": 0,
             "depth_updates": 0,
             "liveness_errors": 0,
             "eye_samples": 0,
@@ -515,7 +525,7 @@ class FaceTracker:
                 self._person_seen[track.person] = clock
                 if track.live_reported:
                     self._person_live[track.person] = clock
-            return None
+            return self._score_followup(track, obs, clock)
         if track.state == "unknown" and not self.s.upgrade_unknown:
             return None
         cand = self._best_candidate(track, obs)
@@ -526,6 +536,19 @@ class FaceTracker:
         if track.state == "pending" and track.usable >= self.s.unknown_after_frames:
             return self._unknown(track, cand, clock)
         return None
+
+    def _score_followup(self, track: Track, obs: Observation, clock: float) -> TrackEvent | None:
+        """A known track whose event's score was below the access policy's bar, now matching the same person
+        at or above it: one more event of the same appearance (no cooldown: it is the same track)."""
+        bar = self.s.confirm_score
+        if bar is None or track.confirmed or track.candidate is None or track.candidate.score >= bar:
+            return None
+        cand = self._best_candidate(track, obs)
+        if cand is None or cand.person_id != track.person or cand.score < bar:
+            return None
+        track.confirmed, track.candidate = True, cand
+        self.counters["score_updates"] += 1
+        return self._event(track, True, cand, clock, liveness_update=True)
 
     def _known(
         self, track: Track, cand: Candidate, clock: float, face: Face | None = None

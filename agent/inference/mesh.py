@@ -1,4 +1,5 @@
-"""Face mesh (MediaPipe face_landmark, 468 points) for the liveness gate's blink cue.
+"""Face mesh (MediaPipe face_landmark, 468 points): the embedder's alignment points (docs/models.md) and the
+liveness gate's blink cue.
 
 The model comes from models/ (built by scripts/build_mesh.py through scripts/build_models.py) and is opened
 like every other model: manifest facts + agent.inference.runtime.open_session. The crop follows what the
