@@ -143,7 +143,8 @@ def parse_model(cls: type[Strict], data: object, source: str = "config") -> Stri
 # ------------------------------------------------------------------------------------------------------------
 
 
-SourceKind = Literal["auto", "device", "stream", "file", "folder", "gstreamer", "realsense"]
+SourceKind = Literal["auto", "device", "stream", "file", "folder", "gstreamer", "realsense", "oak"]
+DEPTH_KINDS = ("realsense", "oak")  # sources whose SDK registers depth to the colour pixels
 _STREAM_RE = re.compile(r"^(rtsps?|rtmp|https?|udp|tcp)://", re.IGNORECASE)
 
 
@@ -153,6 +154,8 @@ def source_kind(source: str) -> str:
         return "device"
     if source == "realsense" or source.startswith("realsense:"):  # realsense[:<serial number>]
         return "realsense"
+    if source == "oak" or source.startswith("oak:"):  # oak[:<MxID or IP address>]
+        return "oak"
     if _STREAM_RE.match(source):
         return "stream"
     if "!" in source:  # GStreamer pipelines are elements joined by '!'
@@ -170,7 +173,8 @@ class CameraConfig(Strict):
         max_length=4096,
         description="device index ('0') or path (/dev/video0), rtsp:// or http:// URL, video file, image "
         "folder, a GStreamer pipeline ending in appsink (e.g. nvarguscamerasrc ! ... ! appsink), or "
-        "'realsense' / 'realsense:<serial>' (an Intel RealSense: colour with depth aligned to it)",
+        "'realsense' / 'realsense:<serial>' (an Intel RealSense: colour with depth aligned to it), or "
+        "'oak' / 'oak:<MxID or IP>' (a Luxonis OAK with stereo depth: the same, through depthai)",
     )
     kind: SourceKind = Field("auto", description="source kind; auto guesses it from `source`")
     realtime: bool = Field(
@@ -255,10 +259,10 @@ class CameraConfig(Strict):
             raise ValueError(f"camera {self.id}: one liveness sensor per camera: depth or ir, not both")
         if self.ir is not None:
             self._check_ir_pair()
-        if self.depth is not None and self.resolved_kind != "realsense":
+        if self.depth is not None and self.resolved_kind not in DEPTH_KINDS:
             raise ValueError(
-                f"camera {self.id}: depth needs a depth camera source ('realsense' or 'realsense:<serial>'), "
-                f"not a {self.resolved_kind}"
+                f"camera {self.id}: depth needs a depth camera source ('realsense[:<serial>]' or "
+                f"'oak[:<device id>]'), not a {self.resolved_kind}"
             )
         return self
 
@@ -267,7 +271,7 @@ class CameraConfig(Strict):
         frames come) or both recordings (paired frame by frame): a mixed pair would pair a camera frame by
         frame with no skew check, or loop a recording behind a live camera."""
         kind = self.resolved_kind
-        if kind == "realsense":
+        if kind in DEPTH_KINDS:
             raise ValueError(f"camera {self.id}: ir pairs an infrared camera with an OpenCV colour source")
         ir_kind = source_kind(self.ir.source) if self.ir.kind == "auto" else self.ir.kind
         if ir_kind not in ("device", "file", "folder"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.capture.ir import IrPairedSource
+from agent.capture.oak import OakSource
 from agent.capture.realsense import RealSenseSource
 from agent.capture.sources import FrameSource, ImageFolderSource, OpenCVSource, ir_camera_config
 from agent.config import CameraConfig
@@ -25,4 +26,6 @@ def _base_source(cfg: CameraConfig) -> FrameSource:
         return OpenCVSource(cfg, kind, realtime=cfg.realtime)
     if kind == "realsense":  # pyrealsense2 is imported when it opens, with a clear error when missing
         return RealSenseSource(cfg)
+    if kind == "oak":  # depthai likewise
+        return OakSource(cfg)
     raise ConfigError(f"camera {cfg.id}: unknown source kind {kind!r}")

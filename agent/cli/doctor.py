@@ -440,19 +440,31 @@ def check_liveness(
     default: bool = True,
     ir: bool = False,
     ir_required: bool = False,
+    source_kind: str = "realsense",
 ) -> Check:
     """What the camera's liveness stops, in words; FAIL when its depth camera's SDK is not installed."""
+    import importlib
+
     from agent.gates.stops import liveness_summary
 
     summary = liveness_summary(level, steps, depth, required, default, ir, ir_required)
     text = f"camera {camera}: {level}: {summary}"
     if depth:
+        sdk, fix = DEPTH_SDKS.get(source_kind, DEPTH_SDKS["realsense"])
         try:
-            import pyrealsense2  # noqa: F401
+            importlib.import_module(sdk)
         except ImportError:
-            fix = "pip install pyrealsense2 (Jetson: the vendor's librealsense Python build)"
-            return Check("liveness", "FAIL", f"{text}; pyrealsense2 is not installed", fix)
+            return Check("liveness", "FAIL", f"{text}; {sdk} is not installed", fix)
     return Check("liveness", "OK", text)
+
+
+DEPTH_SDKS = {  # depth camera source kind -> (its Python SDK, how to install it)
+    "realsense": (
+        "pyrealsense2",
+        "pip install pyrealsense2 (Jetson: the vendor's librealsense Python build)",
+    ),
+    "oak": ("depthai", "pip install depthai"),
+}
 
 
 # -- network -------------------------------------------------------------------------------------------------
@@ -704,7 +716,7 @@ class DoctorTargets:
     sync_staleness_s: float | None = None  # the config has a sync: section: report the mirrors
     # per camera: (id, liveness level, challenge steps or None, depth configured, depth required,
     # challenge at the measured defaults, infrared configured, infrared required)
-    liveness: tuple[tuple[str, str, int | None, bool, bool, bool, bool, bool], ...] = ()
+    liveness: tuple[tuple[str, str, int | None, bool, bool, bool, bool, bool, str], ...] = ()
 
 
 def run_checks(
@@ -818,6 +830,7 @@ def resolve_targets(
                 c.liveness_challenge is None or c.liveness_challenge == ChallengeConfig(),
                 c.ir is not None,
                 c.ir is not None and c.ir.require,
+                c.resolved_kind,
             )
             for c in agent_cfg.cameras
         ),
