@@ -145,3 +145,37 @@ def sensor(
 
 def frame(depth_mm: np.ndarray, fx: float, skew_s: float = 0.0) -> DepthFrame:
     return DepthFrame(depth_mm, fx, fx, skew_s)
+
+
+def door_visit(engine, matcher, cam, source) -> list[dict]:  # noqa: ANN001 - FaceEngine, Matcher, CameraConfig
+    """One visit in front of a door camera (`cam` read through `source`) through the real capture worker and
+    pipeline, with an access policy that asks nothing but the camera's own sensor evidence; every published
+    message ({"topic", "payload"}) in order."""
+    import io
+    import json
+    import threading
+
+    from agent.capture import CaptureWorker
+    from agent.config import RecognitionConfig
+    from agent.publish import PublishConfig, StdoutSink
+    from agent.publish.config import AccessPolicyConfig
+    from agent.recognition.pipeline import RecognitionPipeline
+
+    wake = threading.Event()
+    worker = CaptureWorker(cam, source, wake=wake)
+    out = io.StringIO()
+    policy = AccessPolicyConfig(
+        enabled=True, required_quality="NONE", required_liveness="NONE", min_far_level=0
+    )
+    sink = StdoutSink(PublishConfig(device_id="test", access=policy), out)
+    pipeline = RecognitionPipeline(
+        engine, matcher, RecognitionConfig(group_id="door"), [worker], sink, wake=wake
+    )
+    try:
+        pipeline.start()
+        worker.start()
+        assert pipeline.done.wait(120), "pipeline did not finish"
+    finally:
+        worker.stop(5)
+        pipeline.stop(5)
+    return [json.loads(line) for line in out.getvalue().splitlines()]

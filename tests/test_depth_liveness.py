@@ -7,10 +7,7 @@ evidence")."""
 
 from __future__ import annotations
 
-import io
-import json
 import platform
-import threading
 from pathlib import Path
 
 import cv2
@@ -28,13 +25,10 @@ from test_pipeline import ENROL, FR  # noqa: E402
 
 from agent.capture import CaptureWorker  # noqa: E402
 from agent.capture.realsense import RealSenseSource  # noqa: E402
-from agent.config import CameraConfig, RecognitionConfig  # noqa: E402
+from agent.config import CameraConfig  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap  # noqa: E402
 from agent.gates.depth import DepthGateConfig, depth_check  # noqa: E402
 from agent.inference.mesh import open_face_mesh  # noqa: E402
-from agent.publish import PublishConfig, StdoutSink  # noqa: E402
-from agent.publish.config import AccessPolicyConfig  # noqa: E402
-from agent.recognition.pipeline import RecognitionPipeline  # noqa: E402
 
 DISTANCES = (400.0, 700.0, 1200.0)
 ATTACKS = (  # how a print or a screen is held: tilted, bent either way about either axis, both
@@ -162,25 +156,10 @@ def _visit(engine, matcher, frames, fx) -> list[dict]:
     """One visit in front of a depth camera through the real pipeline; the published messages."""
     cam = CameraConfig(id="door", source="realsense", depth={}, cooldown_s=0)
     feed = SoftwareRealSense(frames, fx)
-    wake = threading.Event()
-    worker = CaptureWorker(cam, RealSenseSource(cam, frames=feed), wake=wake)
-    out = io.StringIO()
-    policy = AccessPolicyConfig(
-        enabled=True, required_quality="NONE", required_liveness="NONE", min_far_level=0
-    )
-    sink = StdoutSink(PublishConfig(device_id="test", access=policy), out)
-    pipeline = RecognitionPipeline(
-        engine, matcher, RecognitionConfig(group_id="door"), [worker], sink, wake=wake
-    )
     try:
-        pipeline.start()
-        worker.start()
-        assert pipeline.done.wait(120), "pipeline did not finish"
+        return ds.door_visit(engine, matcher, cam, RealSenseSource(cam, frames=feed))
     finally:
-        worker.stop(5)
-        pipeline.stop(5)
         feed.close()
-    return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
 def _kinds(lines, kind):

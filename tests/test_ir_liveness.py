@@ -11,12 +11,11 @@ stay); a faceless bright patch (a lamp) is a blurred bright blob. docs/liveness.
 
 from __future__ import annotations
 
-import io
-import json
 import threading
 from pathlib import Path
 
 import cv2
+import depth_support as ds
 import numpy as np
 import pytest
 from test_pipeline import ENROL, FR
@@ -24,12 +23,9 @@ from test_pipeline import ENROL, FR
 from agent.capture import CaptureWorker
 from agent.capture.factory import open_source
 from agent.capture.ir import register
-from agent.config import CameraConfig, RecognitionConfig
+from agent.config import CameraConfig
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap
 from agent.gates.ir import IrGateConfig, ir_check
-from agent.publish import PublishConfig, StdoutSink
-from agent.publish.config import AccessPolicyConfig
-from agent.recognition.pipeline import RecognitionPipeline
 from agent.types import IrFrame
 
 PHOTOS = [
@@ -177,7 +173,11 @@ def test_recordings_of_both_cameras_stay_registered_through_the_worker(tmp_path,
     cdir = _write_folder(tmp_path / "colour", colour)
     idir = _write_folder(tmp_path / "ir", [ir_of(c) for c in colour[:3]])  # one frame short
     cam = CameraConfig(
-        id="door", source=str(cdir), realtime=False, rotate=90, roi=(0.1, 0.1, 0.8, 0.8),
+        id="door",
+        source=str(cdir),
+        realtime=False,
+        rotate=90,
+        roi=(0.1, 0.1, 0.8, 0.8),
         ir={"source": str(idir)},
     )
     frames = _capture(cam)
@@ -228,24 +228,7 @@ def _visit(engine, matcher, tmp: Path, colour: np.ndarray, ir: np.ndarray | None
     cdir = _write_folder(tmp / "colour", [colour] * n)
     idir = _write_folder(tmp / "ir", [ir] * n) if ir is not None else tmp / "ir-camera-unplugged"
     cam = CameraConfig(id="door", source=str(cdir), realtime=False, cooldown_s=0, ir={"source": str(idir)})
-    wake = threading.Event()
-    worker = CaptureWorker(cam, open_source(cam), wake=wake)
-    out = io.StringIO()
-    policy = AccessPolicyConfig(
-        enabled=True, required_quality="NONE", required_liveness="NONE", min_far_level=0
-    )
-    sink = StdoutSink(PublishConfig(device_id="test", access=policy), out)
-    pipeline = RecognitionPipeline(
-        engine, matcher, RecognitionConfig(group_id="door"), [worker], sink, wake=wake
-    )
-    try:
-        pipeline.start()
-        worker.start()
-        assert pipeline.done.wait(120), "pipeline did not finish"
-    finally:
-        worker.stop(5)
-        pipeline.stop(5)
-    return [json.loads(line) for line in out.getvalue().splitlines()]
+    return ds.door_visit(engine, matcher, cam, open_source(cam))
 
 
 def _kinds(lines, kind):

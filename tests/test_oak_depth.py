@@ -8,10 +8,7 @@ run here: no OAK was available, and no recorded OAK footage exists (docs/livenes
 
 from __future__ import annotations
 
-import io
-import json
 import sys
-import threading
 
 import cv2
 import numpy as np
@@ -27,13 +24,10 @@ from agent.capture import CaptureWorker  # noqa: E402
 from agent.capture.factory import open_source  # noqa: E402
 from agent.capture.oak import OakSource  # noqa: E402
 from agent.cli.doctor import check_liveness  # noqa: E402
-from agent.config import CameraConfig, RecognitionConfig  # noqa: E402
+from agent.config import CameraConfig  # noqa: E402
 from agent.errors import DeviceError, TransientError  # noqa: E402
 from agent.gallery import Gallery, GalleryConfig, Matcher, ScoreMap  # noqa: E402
 from agent.gates.depth import depth_check  # noqa: E402
-from agent.publish import PublishConfig, StdoutSink  # noqa: E402
-from agent.publish.config import AccessPolicyConfig  # noqa: E402
-from agent.recognition.pipeline import RecognitionPipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -118,27 +112,9 @@ def _visit(engine, matcher, frames, fx) -> list[dict]:
     """One visit in front of an OAK through the real pipeline; the access decisions published."""
     h, w = frames[0][0].shape[:2]
     cam = CameraConfig(id="door", source="oak", depth={}, cooldown_s=0)
-    wake = threading.Event()
-    source = OakSource(
-        cam, messages=oak_support.SoftwareOak(frames), calibration=oak_support.calibration(fx, w, h)
-    )
-    worker = CaptureWorker(cam, source, wake=wake)
-    out = io.StringIO()
-    policy = AccessPolicyConfig(
-        enabled=True, required_quality="NONE", required_liveness="NONE", min_far_level=0
-    )
-    sink = StdoutSink(PublishConfig(device_id="test", access=policy), out)
-    pipeline = RecognitionPipeline(
-        engine, matcher, RecognitionConfig(group_id="door"), [worker], sink, wake=wake
-    )
-    try:
-        pipeline.start()
-        worker.start()
-        assert pipeline.done.wait(120), "pipeline did not finish"
-    finally:
-        worker.stop(5)
-        pipeline.stop(5)
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    feed = oak_support.SoftwareOak(frames)
+    source = OakSource(cam, messages=feed, calibration=oak_support.calibration(fx, w, h))
+    lines = ds.door_visit(engine, matcher, cam, source)
     return [line["payload"] for line in lines if line["topic"].endswith("/access")]
 
 
