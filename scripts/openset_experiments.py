@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Ways to lower FNIR at a fixed stranger rate that were tried and NOT adopted (issue 12), reproducible.
 
-On lfw-devtrain embeddings of the default space (dlib INT8 + flip, OpenVINO), open-set protocol of
-agent/evaluation/openset.py (one enrolment photo per person unless said; FNIR at the FPIR-1e-3 threshold
+On lfw-devtrain embeddings of the keypoint space with flip (the default until 2026-12-07), open-set protocol
+of agent/evaluation/openset.py (one enrolment photo per person unless said; FNIR at the FPIR-1e-3 threshold
 measured on the same searches, "oracle"):
 
   norm     score normalisation from the gallery itself: score minus a*second best (rank-2), probe-side
@@ -157,7 +157,8 @@ def cmd_augment(emb, found, labels, ds, models_dir) -> None:
 
     from agent.inference.align import chip_transform
 
-    engine = make_engine(models_dir, "dlib-resnet-v1", "int8", "openvino", flip=True)
+    # The keypoint space these figures were measured in (chip_transform jitters the keypoint alignment).
+    engine = make_engine(models_dir, "dlib-resnet-v1", "int8", "openvino", flip=True, mesh=False)
     spec = engine.embedder.align_spec
     size = int(spec["size"])
 
@@ -309,7 +310,8 @@ def main() -> None:
         data = np.load(args.embeddings)
         emb, found = data["emb"], data["found"]
     else:
-        engine = make_engine(args.models_dir, "dlib-resnet-v1", "int8", "openvino", flip=True)
+        # The keypoint space of 2026-12-03 (docs/openset.md); the mesh space is scripts/openset_compare.py's.
+        engine = make_engine(args.models_dir, "dlib-resnet-v1", "int8", "openvino", flip=True, mesh=False)
         _, emb, found = dataset_embeddings(engine, root, progress=True)
     rng = np.random.default_rng(0)
     if args.experiment == "augment":
