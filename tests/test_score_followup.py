@@ -49,6 +49,27 @@ def test_no_followup_without_a_bar_or_when_named_above_it(agent_engine, data_dir
     assert [e[:3] for e in _events(frames, 80.0, agent_engine, data_dir)[0]] == [(0, 81, False)]
 
 
+def test_an_appearance_kept_quiet_by_the_cooldown_gets_no_followup(agent_engine, data_dir) -> None:
+    """Seen again within the cooldown on a new track (the face left the frame): no event at 77, and none
+    later at 85 either: the follow-up is a second event of a reported appearance, not a way round the
+    cooldown."""
+    pixels = cv2.imread(str(data_dir / LIN_PHOTO))
+    emb = agent_engine.analyze(pixels, max_faces=1)[0]
+    answer = [None]
+    settings = TrackerSettings(
+        unknown_after_frames=50, min_track_frames=1, cooldown_s=30, confirm_score=80.0, track_timeout_s=0.5
+    )
+    tracker = FaceTracker(settings, match=lambda vector: answer[0], required=lambda: 76.0)
+    obs = Observation(emb.face.box, emb.vector, 0.9, True, face=emb.face)
+    events = []
+    for clock, score in ((0.0, 85), (0.1, 85), (2.0, None), (5.0, 77), (5.1, 85), (5.2, 90)):
+        answer[0] = None if score is None else _cand(score)
+        seen = [] if score is None else [obs]  # at 2.0 nobody: the first track ends
+        events += [(clock, e.candidate.score, e.track_id) for e in tracker.update(seen, clock) if e.known]
+    assert [(c, s) for c, s, _t in events] == [(0.0, 85)], events
+    assert tracker.counters["cooldown"] == 1 and tracker.counters["score_updates"] == 0
+
+
 def test_confirm_score_is_the_policy_level_anchor() -> None:
     anchors = {"1e-3": 70.0, "1e-4": 80.0, "1e-5": 90.0, "1e-6": 95.0}
     assert confirm_score(0, anchors) is None

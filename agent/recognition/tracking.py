@@ -560,6 +560,7 @@ class FaceTracker:
         self._person_seen[cand.person_id] = clock
         if last is not None and last <= clock < last + self.s.cooldown_s:
             self.counters["cooldown"] += 1
+            track.confirmed = True  # an appearance the cooldown kept quiet gets no score follow-up either
             return None
         self.counters["upgrades" if upgrade else "known"] += 1
         return self._event(track, True, cand, clock, upgrade=upgrade)
