@@ -173,7 +173,9 @@ def main() -> None:
     from agent.inference.align import chip_transform, similarity_transform
     from agent.inference.mesh import open_face_mesh
 
-    engine = make_engine(None, "dlib-resnet-v1", "int8", "openvino", flip=not args.no_flip, mesh=False)
+    engine = make_engine(
+        None, "dlib-resnet-v1", "int8", "openvino", flip=not args.no_flip, landmarks="detector"
+    )
     mesh = open_face_mesh(engine.config)
     spec = engine.embedder.align_spec
     ds = load_dataset(shared_data_dir(ROOT) / "lfw-devtrain")

@@ -132,7 +132,7 @@ def fit_mesh_template(models_dir: Path, lfw_dir: Path, count: int = 2000) -> dic
     from agent.inference.align import chip_transform, similarity_transform
     from agent.inference.mesh import open_face_mesh
 
-    engine = make_engine(models_dir, "dlib-resnet-v1", "fp32", "openvino", mesh=False)
+    engine = make_engine(models_dir, "dlib-resnet-v1", "fp32", "openvino", landmarks="detector")
     mesh = open_face_mesh(engine.config)
     spec = engine.embedder.align_spec
     size = int(spec["size"])

@@ -27,10 +27,10 @@ from agent.evaluation.metrics import threshold_at_far  # noqa: E402
 from agent.evaluation.openset import enrolment  # noqa: E402
 from agent.gallery.thresholds import engine_thresholds  # noqa: E402
 
-SPACES = {  # name -> (flip, mesh)
-    "plain": (False, False),  # the 0.2 default: detector keypoints, no flip
-    "flip": (True, False),  # the default from 2026-12-03
-    "flip+mesh": (True, True),  # the default from 2026-12-07
+SPACES = {  # name -> (flip, landmarks)
+    "plain": (False, "detector"),  # the 0.2 default: detector keypoints, no flip
+    "flip": (True, "detector"),  # the default from 2026-12-03
+    "flip+mesh": (True, "mesh"),  # the default from 2026-12-07
 }
 
 
@@ -73,8 +73,8 @@ def main() -> None:
     root = shared_data_dir(ROOT) / "lfw-devtrain"
     draws = None
     for name in args.spaces.split(","):
-        flip, mesh = SPACES[name]
-        engine = make_engine(None, "dlib-resnet-v1", "int8", args.runtime, flip=flip, mesh=mesh)
+        flip, landmarks = SPACES[name]
+        engine = make_engine(None, "dlib-resnet-v1", "int8", args.runtime, flip=flip, landmarks=landmarks)
         ds, emb, found = dataset_embeddings(engine, root, DEFAULT_CACHE, progress=True)
         keep = np.flatnonzero(found)
         e, lab = emb[keep].astype(np.float32), ds.identities[keep]

@@ -158,7 +158,7 @@ def cmd_augment(emb, found, labels, ds, models_dir) -> None:
     from agent.inference.align import chip_transform
 
     # The keypoint space these figures were measured in (chip_transform jitters the keypoint alignment).
-    engine = make_engine(models_dir, "dlib-resnet-v1", "int8", "openvino", flip=True, mesh=False)
+    engine = make_engine(models_dir, "dlib-resnet-v1", "int8", "openvino", flip=True, landmarks="detector")
     spec = engine.embedder.align_spec
     size = int(spec["size"])
 
@@ -311,7 +311,9 @@ def main() -> None:
         emb, found = data["emb"], data["found"]
     else:
         # The keypoint space of 2026-12-03 (docs/openset.md); the mesh space is scripts/openset_compare.py's.
-        engine = make_engine(args.models_dir, "dlib-resnet-v1", "int8", "openvino", flip=True, mesh=False)
+        engine = make_engine(
+            args.models_dir, "dlib-resnet-v1", "int8", "openvino", flip=True, landmarks="detector"
+        )
         _, emb, found = dataset_embeddings(engine, root, progress=True)
     rng = np.random.default_rng(0)
     if args.experiment == "augment":

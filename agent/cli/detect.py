@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-MESH = {"auto": None, "mesh": True, "detector": False}  # --landmarks -> make_engine's `mesh`
-
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=["openvino", "onnxruntime"], default="openvino", help="runtime")
@@ -36,9 +34,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     from agent.evaluation.calibrate import make_engine
 
-    mesh = MESH[args.landmarks]
     engine = make_engine(
-        None, args.model, args.precision, args.runtime, args.detector, flip=args.flip, mesh=mesh
+        None,
+        args.model,
+        args.precision,
+        args.runtime,
+        args.detector,
+        flip=args.flip,
+        landmarks=args.landmarks,
     )
     for path in args.images:
         faces = engine.analyze(Path(path).read_bytes(), args.max_faces)

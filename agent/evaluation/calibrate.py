@@ -60,12 +60,11 @@ def make_engine(
     runtime: str,
     detector: str = "blazeface-full",
     flip: bool = False,
-    mesh: bool | None = None,
+    landmarks: str = "auto",
 ) -> FaceEngine:
-    """An engine for one space. `flip` and `mesh` (the alignment on face-mesh points; None: where the
-    manifest has that space, as the config's `auto`) are explicit: an evaluation names its space."""
+    """An engine for one space. `flip` and `landmarks` (engine.embedder.landmarks: auto, mesh, detector)
+    are explicit: an evaluation names its space."""
     rt = OpenVINORuntimeConfig() if runtime == "openvino" else OnnxRuntimeConfig()
-    landmarks = "auto" if mesh is None else "mesh" if mesh else "detector"
     cfg = EngineConfig(
         runtime=rt,
         detector={"model": detector},
@@ -142,6 +141,10 @@ def evaluate(
     )
 
 
+def _landmarks(mesh: bool) -> str:
+    return "mesh" if mesh else "detector"
+
+
 def _ceil(threshold: float) -> float:
     """Rounded up, never to the nearest: a threshold rounded down would accept more impostors than its FAR."""
     return round(math.ceil(threshold * 10**_DECIMALS) / 10**_DECIMALS, _DECIMALS)
@@ -163,7 +166,7 @@ def calibrate_thresholds(
     """Manifest entry of one space: cosine thresholds at each FAR and the far_curve, with how they were
     measured. Embeddings are cached (keyed by model file, runtime, detector, alignment and flip) so
     `face-agent eval` reuses them."""
-    engine = make_engine(models_dir, model, variant, runtime, flip=flip, mesh=mesh)
+    engine = make_engine(models_dir, model, variant, runtime, flip=flip, landmarks=_landmarks(mesh))
     res = evaluate(engine, root, cache_dir, progress=True)
     print(
         f"  {res.model_id} on {res.runtime}: accuracy {res.pair_accuracy * 100:.2f}%  "
@@ -207,7 +210,10 @@ def person_far_curves(emb: np.ndarray, labels: np.ndarray, ks=PERSON_KS) -> dict
             continue
         t, own = np.stack(templates), np.asarray(owners)
         imp = np.concatenate(
-            [(e[i : i + 2048] @ t.T)[lab[i : i + 2048, None] != own[None, :]] for i in range(0, len(e), 2048)]
+            [
+                (e[i : i + 2048] @ t.T)[lab[i : i + 2048, None] != own[None, :]]
+                for i in range(0, len(e), 2048)
+            ]
         )
         fars = [f for f in FAR_CURVE if f * len(imp) >= MIN_TAIL]
         out[str(k)] = {
@@ -230,14 +236,12 @@ def calibrate_person_curves(
     mesh: bool = False,
 ) -> dict:
     """The manifest `person_curves` of one space (embeddings cached as in calibrate_thresholds)."""
-    engine = make_engine(models_dir, model, variant, runtime, flip=flip, mesh=mesh)
+    engine = make_engine(models_dir, model, variant, runtime, flip=flip, landmarks=_landmarks(mesh))
     ds, emb, _ = dataset_embeddings(engine, root, cache_dir, progress=True)
     curves = person_far_curves(emb, ds.identities)
     for k, c in curves.items():
-        print(
-            f"  {engine.model_id} k={k}: {c['templates']} templates, {c['impostor_pairs']} impostor pairs,"
-            f" down to FAR {c['far'][-1]:g}: {dict(zip(c['far'], c['cosine'], strict=True))}"
-        )
+        print(f"  {engine.model_id} k={k}: {c['templates']} templates, {c['impostor_pairs']} impostor pairs,"
+              f" down to FAR {c['far'][-1]:g}: {dict(zip(c['far'], c['cosine'], strict=True))}")
     return curves
 
 

@@ -31,11 +31,13 @@ def run_eval(args: argparse.Namespace) -> int:
             if precision not in manifest.variants(model):
                 print(f"skip {model}/{precision}: not built")
                 continue
-            for runtime, flip, mesh in itertools.product(args.runtimes, _flips(args), _meshes(args)):
-                if mesh and not manifest.has_mesh_alignment(model):
+            for runtime, flip, marks in itertools.product(args.runtimes, _flips(args), _landmarks(args)):
+                if marks == "mesh" and not manifest.has_mesh_alignment(model):
                     print(f"skip {model}: no face-mesh alignment in the manifest")
                     continue
-                engine = make_engine(None, model, precision, runtime, args.detector, flip=flip, mesh=mesh)
+                engine = make_engine(
+                    None, model, precision, runtime, args.detector, flip=flip, landmarks=marks
+                )
                 t0 = time.perf_counter()
                 data = dataset_embeddings(engine, args.data, args.cache, progress=True)
                 res = evaluate(engine, args.data, embeddings=data)
@@ -64,9 +66,9 @@ def _flips(args: argparse.Namespace) -> list[bool]:
     return {"on": [True], "off": [False], "both": [False, True]}[choice]
 
 
-def _meshes(args: argparse.Namespace) -> list[bool | None]:
+def _landmarks(args: argparse.Namespace) -> list[str]:
     choice = getattr(args, "landmarks", "auto")
-    return {"auto": [None], "mesh": [True], "detector": [False], "both": [False, True]}[choice]
+    return ["detector", "mesh"] if choice == "both" else [choice]
 
 
 def _opensets(engine, data: tuple) -> dict[str, dict]:  # noqa: ANN001 - FaceEngine
