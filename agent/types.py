@@ -63,6 +63,9 @@ class FaceEmbedding:
     vector: np.ndarray = field(repr=False)
     model_id: str
     chip: np.ndarray | None = field(default=None, repr=False)  # aligned BGR crop fed to the embedder
+    # The face mesh the chip was aligned on (agent/inference/mesh.Mesh), None with detector keypoints: the
+    # blink cue reads eye openness from it instead of running the mesh on the same face again.
+    mesh: object | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

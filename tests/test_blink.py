@@ -157,3 +157,27 @@ def test_tracker_runs_the_mesh_only_while_needed(agent_engine, mesh, data_dir, s
     off = FaceTracker(TrackerSettings(liveness_level="NORMAL"), lambda v: None, eyes)  # no blink settings
     off.update([Observation(track[0][1].box, None, 0.0, False, face=track[0][1])], track[0][2], track[0][0])
     assert off.counters["eye_samples"] == 0
+
+
+def test_the_alignment_mesh_stands_in_for_a_second_run(agent_engine, mesh, data_dir, synth):
+    """The embedder aligned each face on this same mesh model: the tracker reads eye openness from that
+    mesh (Observation.mesh) instead of running the model again, with the same values and the same verdict."""
+    clip = data_dir / "faces/face_recognition/examples/short_hamilton_clip.mp4"
+    track = max(synth.live_tracks(agent_engine, clip), key=len)[:60]
+    assert agent_engine.mesh is not None and agent_engine.mesh.info.name == mesh.info.name
+    settings = TrackerSettings(liveness_level="NORMAL", blink=BlinkConfig(min_interval_s=0))
+    runs: list[float | None] = []
+
+    def eyes(pixels, face):
+        runs.append(value := mesh.eye_openness(pixels, face))
+        return value
+
+    ran, read = FaceTracker(settings, lambda v: None, eyes), FaceTracker(settings, lambda v: None, eyes)
+    for frame, face, t in track:
+        aligned = agent_engine.embed(frame, [face])[0].mesh  # what the pipeline passes on
+        ran.update([Observation(face.box, None, 0.0, False, face=face)], t, frame)
+        read.update([Observation(face.box, None, 0.0, False, face=face, mesh=aligned)], t, frame)
+    assert read.counters["eye_samples"] == ran.counters["eye_samples"] == len(runs) > 0  # only `ran` ran it
+    assert read.liveness_states() == ran.liveness_states()
+    samples = [(f, fa) for f, fa, _t in track[: len(runs)]]
+    assert [read._openness(agent_engine.embed(f, [fa])[0].mesh) for f, fa in samples] == runs  # noqa: SLF001

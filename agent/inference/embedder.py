@@ -24,7 +24,7 @@ from agent.inference.runtime import Session
 from agent.types import Face
 
 if TYPE_CHECKING:
-    from agent.inference.mesh import FaceMesh
+    from agent.inference.mesh import FaceMesh, Mesh
 
 
 class Embedder:
@@ -56,12 +56,17 @@ class Embedder:
         return self.info.model_id
 
     def chips(self, bgr: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+        return self.chips_and_meshes(bgr, faces)[0]
+
+    def chips_and_meshes(
+        self, bgr: np.ndarray, faces: list[Face]
+    ) -> tuple[list[np.ndarray], list[Mesh | None]]:
+        """The aligned chips, and per face the mesh they were aligned on (None with detector keypoints)."""
         if self._landmarks is None:
-            return [align(bgr, f, self.align_spec) for f in faces]
-        return [
-            warp(bgr, mesh_transform(self._landmarks.landmarks(bgr, f).points, self.align_spec), self.size)
-            for f in faces
-        ]
+            return [align(bgr, f, self.align_spec) for f in faces], [None] * len(faces)
+        meshes = [self._landmarks.landmarks(bgr, f) for f in faces]
+        chips = [warp(bgr, mesh_transform(m.points, self.align_spec), self.size) for m in meshes]
+        return chips, list(meshes)
 
     def embed_chips(self, chips: list[np.ndarray]) -> np.ndarray:
         """(N, dim) float32 L2-normalised embeddings of aligned BGR chips."""

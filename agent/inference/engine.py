@@ -160,11 +160,11 @@ class FaceEngine:
 
     def embed(self, image: ImageInput, faces: list[Face], keep_chips: bool = False) -> list[FaceEmbedding]:
         img = self.load(image)
-        chips = self.embedder.chips(img.pixels, faces)
+        chips, meshes = self.embedder.chips_and_meshes(img.pixels, faces)
         vectors = self.embedder.embed_chips(chips)
         return [
-            FaceEmbedding(f, v, self.model_id, c if keep_chips else None)
-            for f, v, c in zip(faces, vectors, chips, strict=True)
+            FaceEmbedding(f, v, self.model_id, c if keep_chips else None, m)
+            for f, v, c, m in zip(faces, vectors, chips, meshes, strict=True)
         ]
 
     def analyze(

@@ -248,6 +248,7 @@ class RecognitionPipeline:
             confirm_score=confirm_score(confirm_far_level, matcher.scores.thresholds()),
         )
         levels = [self._liveness_level(w) for w in cameras]
+        self._shared_mesh = False  # the blink cue reads the alignment's mesh (set by _eye_meter)
         eyes = self._eye_meter(engine, levels)
         self.cameras = [
             _Camera(
@@ -286,8 +287,8 @@ class RecognitionPipeline:
         if not self.cfg.blink.enabled or not any(liveness_uses_blinks(lv) for lv in levels):
             return None
         aligning = getattr(engine, "mesh", None)  # the embedder's alignment mesh, when it runs one
-        same = aligning is not None and aligning.info.name == self.cfg.blink.model
-        mesh = aligning if same else open_face_mesh(engine.config, self.cfg.blink.model)  # one session
+        self._shared_mesh = aligning is not None and aligning.info.name == self.cfg.blink.model
+        mesh = aligning if self._shared_mesh else open_face_mesh(engine.config, self.cfg.blink.model)
         log.info("blink cue: %s on %s", mesh.info.model_id, engine.config.runtime.kind)
         min_prob = self.cfg.blink.min_face_probability
         return lambda pixels, face: mesh.eye_openness(pixels, face, min_prob)
@@ -421,7 +422,10 @@ class RecognitionPipeline:
         t2 = time.perf_counter()
         self.latency.add("quality", t2 - t1)
         usable = [f for f, g in zip(faces, graded, strict=True) if g[1]]
-        vectors = {id(e.face): e.vector for e in self._engine.embed(frame.pixels, usable)} if usable else {}
+        embedded = self._engine.embed(frame.pixels, usable) if usable else []
+        vectors = {id(e.face): e.vector for e in embedded}
+        # The alignment's mesh stands in for the blink cue's own run when it is the same model.
+        meshes = {id(e.face): e.mesh for e in embedded} if self._shared_mesh else {}
         t3 = time.perf_counter()
         if usable:
             self.latency.add("embed", t3 - t2)
@@ -439,6 +443,7 @@ class RecognitionPipeline:
                 face=f,
                 origin=frame.origin,
                 depth=depth.get(id(f)),
+                mesh=meshes.get(id(f)),
             )
             for f, (weight, ok, score, level) in zip(faces, graded, strict=True)
         ]

@@ -63,6 +63,7 @@ from agent.gates.liveness import (
     TrackLiveness,
     evaluate_liveness,
 )
+from agent.inference.mesh import Mesh, eye_openness
 from agent.recognition.challenge import (
     ActiveChallenge,
     ChallengeNotice,
@@ -89,6 +90,7 @@ class Observation:
     face: Face | None = field(default=None, repr=False)  # box + keypoints, for the liveness tracker
     origin: tuple[str, int] | None = None  # files and folders: (file name, frame index) of this face's frame
     depth: DepthCheck | None = None  # cameras with a depth check: this face's depth evidence in this frame
+    mesh: Mesh | None = field(default=None, repr=False)  # the blink model's mesh of this face, if run already
 
 
 DEPTH_WINDOW, DEPTH_NEEDED = 3, 2  # a track's depth passes when 2 of its last 3 checks passed
@@ -356,7 +358,7 @@ class FaceTracker:
             track.add(obs, clock, self.s.fusion_frames)
             self._count_depth(track, obs)
             if pixels is not None and obs.face is not None and track.liveness is not None:
-                self._feed_liveness(track, pixels, obs.face, clock)
+                self._feed_liveness(track, pixels, obs.face, clock, obs.mesh)
             event = self._decide(track, obs, clock) if obs.usable else None
             if event is None:
                 event = self._liveness_followup(track, clock) or self._depth_followup(track, clock)
@@ -431,7 +433,9 @@ class FaceTracker:
     def _track_liveness(self) -> TrackLiveness:
         return TrackLiveness(self.s.liveness, blink=self.s.blink if self._eyes is not None else None)
 
-    def _feed_liveness(self, track: Track, pixels: np.ndarray, face: Face, clock: float) -> None:
+    def _feed_liveness(
+        self, track: Track, pixels: np.ndarray, face: Face, clock: float, mesh: Mesh | None = None
+    ) -> None:
         assert track.liveness is not None
         t0 = time.perf_counter()
         try:
@@ -439,7 +443,8 @@ class FaceTracker:
             # The mesh runs only while its answer can still matter for this track (see module doc).
             needed = self._require_blink or track.live is None or not track.live.passed
             if self._eyes is not None and needed and track.liveness.wants_eyes(face, clock):
-                openness = self._eyes(pixels, face)
+                # The embedder's alignment already ran the same mesh on this face: the same answer, read.
+                openness = self._eyes(pixels, face) if mesh is None else self._openness(mesh)
                 self.counters["eye_samples"] += 1
             report = track.liveness.update(pixels, face, clock, openness)
         except InputError as exc:  # e.g. the clock went back (a looped file): start the evidence afresh
@@ -455,6 +460,12 @@ class FaceTracker:
                 report = with_challenge(report, track.challenge.challenge.result)
         track.live = liveness_state(report, self.s.liveness_level, self._levels, challenge)
         self.liveness_seconds += time.perf_counter() - t0
+
+    def _openness(self, mesh: Mesh) -> float | None:
+        """Eye openness from a mesh already run on the face, as the eye meter computes it (None: the mesh
+        does not see a face)."""
+        blink = self.s.blink or BlinkConfig()
+        return None if mesh.face_probability < blink.min_face_probability else eye_openness(mesh.points)
 
     def _liveness_followup(self, track: Track, clock: float) -> TrackEvent | None:
         """The recognized event a door opens on, once a known track's liveness passes (see module doc)."""
